@@ -1,0 +1,182 @@
+"""Checkpoints: slimvit's own format (one `.safetensors` file, the model config and labels in
+its metadata) and the loader registry that other formats (timm, HydraViT, Scala, SuperViT)
+plug into."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from calibration.data import Preprocess
+from exporter.config import ViTConfig
+from exporter.errors import CheckpointError, ConfigError, check_choice
+from exporter.fileio import atomic_path
+from exporter.model import SlimmableViT
+
+FORMAT_TAG = "slimvit"
+FORMAT_VERSION = "1"
+MAX_HEADER_BYTES = 16 << 20  # a safetensors header larger than this is refused
+
+
+@dataclass
+class LoadedModel:
+    """A slimmable model with what an export needs to describe it."""
+
+    model: SlimmableViT
+    name: str
+    source_format: str
+    labels: list[str]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.weights_sha256:
+            self.weights_sha256 = weights_digest(self.model)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(model: SlimmableViT, path: str | Path, labels: list[str] | None = None,
+                    preprocess: Preprocess | None = None, extra: dict[str, str] | None = None) -> Path:
+    """Write slimvit's own checkpoint: weights as safetensors, config/labels in its metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ConfigError(f'checkpoint path must end in ".safetensors", got "{path.name}"')
+    pre = preprocess or Preprocess()
+    meta = {
+        "format": FORMAT_TAG, "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
+        "labels": json.dumps(labels or [str(i) for i in range(model.cfg.num_classes)]),
+        "preprocess": json.dumps({"mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize}),
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read tensors and metadata, refusing truncated files and oversize headers."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: file is truncated ({size} bytes); not a safetensors file")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_BYTES or n + 8 > size:
+            raise CheckpointError(f"{path}: safetensors header claims {n} bytes but the file has "
+                                  f"{size}; the file is truncated or corrupt")
+        try:
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise CheckpointError(f"{path}: safetensors header is not valid JSON; the file is corrupt") from None
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read safetensors ({e}); the file is truncated or corrupt") from None
+    return tensors, meta
+
+
+def warn_nonfinite(tensors: dict[str, torch.Tensor], warn: Callable[[str], None]) -> None:
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        warn(f"{len(bad)} tensor(s) hold NaN or Inf: {', '.join(bad[:10])}")
+
+
+def load_slimvit(path: Path, **_: object) -> LoadedModel:
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != FORMAT_TAG:
+        raise CheckpointError(f"{path}: not a slimvit checkpoint (no slimvit metadata); pass "
+                              f"--checkpoint-format to read it as another format")
+    try:
+        cfg = ViTConfig.from_dict(json.loads(meta["config"]))
+        labels = json.loads(meta.get("labels", "null"))
+        pre = json.loads(meta.get("preprocess", "{}"))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: slimvit metadata is damaged ({e})") from None
+    model = SlimmableViT(cfg)
+    load_tensors(model, tensors, path)
+    preprocess = Preprocess(tuple(pre.get("mean", (0.5,) * 3)), tuple(pre.get("std", (0.5,) * 3)),
+                            pre.get("resize", "bilinear"))
+    return LoadedModel(model.eval(), path.stem, FORMAT_TAG,
+                       labels or [str(i) for i in range(cfg.num_classes)], preprocess)
+
+
+def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy tensors into ``model``; every missing, unexpected or mis-shaped key is listed."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+    if shapes:
+        problems.append(f"shape mismatch: {'; '.join(shapes[:4])}")
+    if problems:
+        raise CheckpointError(f"{path}: tensors do not fit the model config ({' | '.join(problems)})")
+    model.load_state_dict({k: tensors[k].float() for k in own}, strict=True)
+
+
+# Loaders by checkpoint format. Other formats register here (see exporter/checkpoints/).
+Loader = Callable[..., LoadedModel]
+LOADERS: dict[str, Loader] = {FORMAT_TAG: load_slimvit}
+CHECKPOINT_FORMATS = ("auto", FORMAT_TAG)
+
+
+def detect_format(path: Path) -> str:
+    """Guess the checkpoint format of ``path``."""
+    if path.suffix == ".safetensors":
+        _, meta = read_safetensors(path)
+        if meta.get("format") == FORMAT_TAG:
+            return FORMAT_TAG
+    raise CheckpointError(f"{path}: cannot tell the checkpoint format; known formats: "
+                          f"{', '.join(LOADERS)}; pass --checkpoint-format")
+
+
+def load_model(path: str | Path, checkpoint_format: str = "auto",
+               warn: Callable[[str], None] | None = None, **options: object) -> LoadedModel:
+    """Load any supported checkpoint as a slimmable model.
+
+    Args:
+        path: the checkpoint file.
+        checkpoint_format: ``auto`` or a registered format name.
+        warn: called with warnings (NaN/Inf weights); defaults to the `warnings` module.
+        options: format-specific settings (e.g. ``num_heads``, ``ema``).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or not a ViT.
+        ConfigError: an unknown format name.
+    """
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    check_choice("checkpoint format", checkpoint_format, ["auto", *LOADERS])
+    fmt = detect_format(path) if checkpoint_format == "auto" else checkpoint_format
+    loaded = LOADERS[fmt](path, **options)
+    warn_nonfinite(loaded.model.state_dict(), warn or (lambda m: warnings.warn(m, stacklevel=2)))
+    return loaded

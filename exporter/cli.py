@@ -1,0 +1,168 @@
+"""The `slimvit` command line. Each command parses its flags and calls one library function."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from exporter.errors import SlimvitError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Turn one slimmable ViT into the validated, switchable bundle a phone app ships.")
+console = Console(stderr=True)
+# Tables stay readable when piped (rich would squeeze them into 80 columns).
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+
+CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.safetensors, .pth, .pt, .bin).")]
+FormatOpt = Annotated[str, typer.Option("--checkpoint-format", help="auto, or a checkpoint format name.")]
+HeadsOpt = Annotated[int | None, typer.Option("--num-heads", help="Override the inferred head count.")]
+SlicingOpt = Annotated[str | None, typer.Option("--slicing", help="heads (HydraViT) or ratio (Scala).")]
+WidthsOpt = Annotated[str, typer.Option("--widths", help="Width ratios of the full embed dim.")]
+KeepOpt = Annotated[str, typer.Option("--keep-rates", help="Token keep rates.")]
+ResOpt = Annotated[str | None, typer.Option("--resolutions", help="Input sizes (default: the model's).")]
+
+
+@contextmanager
+def progress_bar(total: int, what: str) -> Iterator[Any]:
+    """A rich progress bar; yields a callback that advances it with a description."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(what, total=total)
+        first = [True]
+
+        def step(desc: str) -> None:
+            if not first[0]:
+                bar.advance(task)
+            first[0] = False
+            bar.update(task, description=f"{what}: {desc}")
+
+        yield step
+        bar.update(task, completed=total, description=f"{what}: done")
+
+
+def _load(checkpoint: Path, checkpoint_format: str, num_heads: int | None, slicing: str | None):
+    from exporter.api import load
+
+    loaded = load(checkpoint, checkpoint_format, num_heads=num_heads, slicing=slicing,
+                  warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    console.print(f"loaded {checkpoint.name} as [bold]{loaded.source_format}[/]: "
+                  f"embed {loaded.model.cfg.embed_dim}, depth {loaded.model.cfg.depth}, "
+                  f"heads {loaded.model.cfg.num_heads}, slicing {loaded.model.cfg.slicing}")
+    return loaded
+
+
+def _grid(widths: str, keep_rates: str, resolutions: str | None):
+    from exporter.config import VariantGrid, parse_floats, parse_ints
+
+    return VariantGrid(parse_floats(widths, "--widths"), parse_floats(keep_rates, "--keep-rates"),
+                       parse_ints(resolutions, "--resolutions") if resolutions else None)
+
+
+def variant_table(manifest: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("variant", "embed", "heads", "keep", "res", "params", "MMACs", "artifact", "KB",
+                "max diff", "top-1"):
+        table.add_column(col, justify="left" if col in ("variant", "artifact") else "right")
+    for v in manifest["variants"]:
+        for i, a in enumerate(v["artifacts"] or [None]):
+            head = [v["id"], str(v["embed_dim"]), str(v["num_heads"]), f"{v['keep_rate']:g}",
+                    str(v["resolution"]), f"{v['params']:,}", f"{v['macs'] / 1e6:.2f}"]
+            if i:
+                head = [""] * len(head)
+            if a is None:
+                table.add_row(*head, "-", "", "", "")
+                continue
+            acc = a.get("accuracy", {}).get("top1")
+            table.add_row(*head, f"{a['format']} {a['precision']}", f"{a['bytes'] / 1024:.0f}",
+                          f"{a['validation']['max_abs_diff']:.1e}",
+                          "-" if acc is None else f"{100 * acc:.1f}%")
+    return table
+
+
+@app.command()
+def variants(checkpoint: CheckpointArg, widths: WidthsOpt = "0.25,0.5,1.0",
+             keep_rates: KeepOpt = "1.0,0.7,0.5", resolutions: ResOpt = None,
+             checkpoint_format: FormatOpt = "auto", num_heads: HeadsOpt = None,
+             slicing: SlicingOpt = None) -> None:
+    """Print the variant grid of a checkpoint with dims, params and MACs."""
+    from exporter.api import describe_variants
+
+    loaded = _load(checkpoint, checkpoint_format, num_heads, slicing)
+    rows = describe_variants(loaded.model, _grid(widths, keep_rates, resolutions))
+    table = Table(title=f"{len(rows)} variants of {checkpoint.name}")
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col == "id" else "right")
+    for r in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()))
+    out_console.print(table)
+
+
+@app.command()
+def export(checkpoint: CheckpointArg,
+           out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
+           widths: WidthsOpt = "0.25,0.5,1.0", keep_rates: KeepOpt = "1.0,0.7,0.5",
+           resolutions: ResOpt = None,
+           formats: Annotated[str, typer.Option("--formats", help="Export formats.")] = "onnx",
+           checkpoint_format: FormatOpt = "auto", num_heads: HeadsOpt = None,
+           slicing: SlicingOpt = None,
+           eval_data: Annotated[str | None, typer.Option(
+               "--eval-data", help="'builtin' to measure held-out accuracy on the digits set.")] = None,
+           ) -> None:
+    """Export every variant of the grid as validated artifacts plus manifest.json."""
+    from exporter.api import export_checkpoint_bundle
+
+    loaded = _load(checkpoint, checkpoint_format, num_heads, slicing)
+    grid = _grid(widths, keep_rates, resolutions)
+    fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
+    n = len(grid.subnets(loaded.model.cfg)) * len(fmt_list)
+    with progress_bar(n, "export") as step:
+        manifest = export_checkpoint_bundle(loaded, grid, out, fmt_list, eval_data, progress=step)
+    out_console.print(variant_table(manifest, f"bundle {out}"))
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
+         epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 60) -> None:
+    """Train a slimmable ViT on the built-in digits set, export and evaluate every variant."""
+    import dataclasses
+
+    from exporter.demo import DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
+
+    train = dataclasses.replace(DEMO_TRAIN, epochs=epochs)
+    n_art = len(DEMO_GRID.subnets(DEMO_MODEL))
+    with progress_bar(train.epochs, "train") as step:
+        result = run_demo(out, train, progress=None,
+                          log=lambda r: step(f"epoch {r['epoch']} loss {r['loss']:.3f}"))
+    del n_art
+    out_console.print(variant_table(result.manifest, f"bundle {result.bundle}"))
+    console.print(f"checkpoint: {result.checkpoint}\nbundle:     {result.bundle}/manifest.json")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except SlimvitError as e:
+        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Check an exported artifact against PyTorch before it may enter a bundle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporter.errors import ValidationError
+from exporter.formats.base import ExportFormat
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    method: str
+    max_abs_diff: float
+    atol: float
+    samples: int
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "max_abs_diff": self.max_abs_diff, "atol": self.atol,
+                "samples": self.samples}
+
+
+def validate_artifact(fmt: ExportFormat, path: Path, reference: torch.nn.Module,
+                      inputs: np.ndarray, atol: float | None = None, what: str = "") -> ValidationReport:
+    """Run the artifact and ``reference`` on ``inputs`` and compare every output.
+
+    Raises:
+        ValidationError: listing each output whose max abs diff exceeds the tolerance.
+    """
+    atol = fmt.atol if atol is None else atol
+    with torch.no_grad():
+        expected = {"logits": reference(torch.from_numpy(inputs)).numpy()}
+    got = {"logits": fmt.run(path, inputs)}
+    diffs, problems = {}, []
+    for name, exp in expected.items():
+        out = got.get(name)
+        if out is None or out.shape != exp.shape:
+            problems.append(f"{name}: shape {None if out is None else out.shape} != {exp.shape}")
+            continue
+        diff = float(np.max(np.abs(out.astype(np.float64) - exp)))
+        diffs[name] = diff
+        if not np.isfinite(diff) or diff > atol:
+            problems.append(f"{name}: max abs diff {diff:.3g} > atol {atol:.3g}")
+    if problems:
+        raise ValidationError(f"{what or path.name} ({fmt.name}) does not match PyTorch: "
+                              + "; ".join(problems))
+    return ValidationReport(fmt.runtime_version(), max(diffs.values()), atol, len(inputs))
