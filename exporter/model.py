@@ -224,7 +224,7 @@ class SlimmableViT(nn.Module):
             prefix.append(self.dist_token[..., ch])
         x = torch.cat([p.expand(x.shape[0], -1, -1) for p in prefix] + [x], dim=1)
         x = x + self.pos_embed_for(s.resolution)[..., ch]  # (B, N, d)
-        for block, n_keep in zip(self.blocks, block_keeps(cfg, s)):
+        for block, n_keep in zip(self.blocks, block_keeps(cfg, s), strict=True):
             x = block(x, s, n_keep)
         return sliced_norm(self.norm, x, s, cfg.ln_eps)
 
