@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from calibration.data import Preprocess
+from exporter.checkpoints import FORMATS as FOREIGN_FORMATS
+from exporter.checkpoints import Container, read_container
 from exporter.config import ViTConfig
 from exporter.errors import CheckpointError, ConfigError, check_choice
 from exporter.fileio import atomic_path
@@ -140,20 +142,49 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
     model.load_state_dict({k: tensors[k].float() for k in own}, strict=True)
 
 
-# Loaders by checkpoint format. Other formats register here (see exporter/checkpoints/).
+# Loaders by checkpoint format: slimvit's own and the foreign ones of exporter/checkpoints/.
 Loader = Callable[..., LoadedModel]
-LOADERS: dict[str, Loader] = {FORMAT_TAG: load_slimvit}
-CHECKPOINT_FORMATS = ("auto", FORMAT_TAG)
+LOADERS: dict[str, Loader] = {FORMAT_TAG: load_slimvit, **{f.name: f.loader for f in FOREIGN_FORMATS}}
+CHECKPOINT_FORMATS = ("auto", *LOADERS)
+EXPECTS = {FORMAT_TAG: "a .safetensors file with slimvit metadata",
+           **{f.name: f.expects for f in FOREIGN_FORMATS}}
 
 
-def detect_format(path: Path) -> str:
-    """Guess the checkpoint format of ``path``."""
-    if path.suffix == ".safetensors":
-        _, meta = read_safetensors(path)
-        if meta.get("format") == FORMAT_TAG:
-            return FORMAT_TAG
-    raise CheckpointError(f"{path}: cannot tell the checkpoint format; known formats: "
-                          f"{', '.join(LOADERS)}; pass --checkpoint-format")
+def describe_keys(c: Container) -> str:
+    """The keys a file holds, for error messages: top level, and one level down."""
+    if not isinstance(c.obj, dict):
+        return f"a {type(c.obj).__name__}, not a dict"
+    parts = []
+    for k, v in list(c.obj.items())[:10]:
+        if isinstance(v, dict):
+            sub = ", ".join(str(x) for x in list(v)[:4])
+            parts.append(f"{k} ({len(v)} entries: {sub}{' ...' if len(v) > 4 else ''})")
+        else:
+            parts.append(str(k))
+    more = f" ... ({len(c.obj)} in all)" if len(c.obj) > 10 else ""
+    return ", ".join(parts) + more if parts else "nothing"
+
+
+def detect_container(c: Container) -> str:
+    """The format of a read checkpoint, from its metadata and keys.
+
+    Raises:
+        CheckpointError: no format matches; lists the keys found and what each format expects.
+    """
+    if c.meta.get("format") == FORMAT_TAG:
+        return FORMAT_TAG
+    for f in FOREIGN_FORMATS:
+        if f.matches(c):
+            return f.name
+    expects = "; ".join(f"{name}: {what}" for name, what in EXPECTS.items())
+    raise CheckpointError(f"{c.path}: cannot tell the checkpoint format; found keys: {describe_keys(c)}; "
+                          f"expected one of ({expects}); pass --checkpoint-format if the layout is "
+                          f"one of these")
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the checkpoint format of ``path`` from its metadata and keys."""
+    return detect_container(read_container(Path(path)))
 
 
 def load_model(path: str | Path, checkpoint_format: str = "auto",
@@ -164,7 +195,8 @@ def load_model(path: str | Path, checkpoint_format: str = "auto",
         path: the checkpoint file.
         checkpoint_format: ``auto`` or a registered format name.
         warn: called with warnings (NaN/Inf weights); defaults to the `warnings` module.
-        options: format-specific settings (e.g. ``num_heads``, ``ema``).
+        options: format-specific settings: ``num_heads``, ``ema`` (EMA weights of a training
+            checkpoint), ``min_ratio`` (Scala's smallest trained ratio).
 
     Raises:
         CheckpointError: the file is missing, unreadable or not a ViT.
@@ -176,7 +208,12 @@ def load_model(path: str | Path, checkpoint_format: str = "auto",
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     check_choice("checkpoint format", checkpoint_format, ["auto", *LOADERS])
-    fmt = detect_format(path) if checkpoint_format == "auto" else checkpoint_format
+    fmt = checkpoint_format
+    if fmt == "auto":
+        container = read_container(path)  # read once: detection and loading share it
+        fmt = detect_container(container)
+        if fmt != FORMAT_TAG:
+            options["container"] = container
     loaded = LOADERS[fmt](path, **options)
     warn_nonfinite(loaded.model.state_dict(), warn or (lambda m: warnings.warn(m, stacklevel=2)))
     return loaded

@@ -25,6 +25,7 @@ out_console = Console(width=None if sys.stdout.isatty() else 160)
 CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.safetensors, .pth, .pt, .bin).")]
 FormatOpt = Annotated[str, typer.Option("--checkpoint-format", help="auto, or a checkpoint format name.")]
 HeadsOpt = Annotated[int | None, typer.Option("--num-heads", help="Override the inferred head count.")]
+EmaOpt = Annotated[bool, typer.Option("--ema", help="Load the EMA weights of a training checkpoint.")]
 SlicingOpt = Annotated[str | None, typer.Option("--slicing", help="heads (HydraViT) or ratio (Scala).")]
 WidthsOpt = Annotated[str, typer.Option("--widths", help="Width ratios of the full embed dim.")]
 KeepOpt = Annotated[str, typer.Option("--keep-rates", help="Token keep rates.")]
@@ -49,12 +50,14 @@ def progress_bar(total: int, what: str) -> Iterator[Any]:
         bar.update(task, completed=total, description=f"{what}: done")
 
 
-def _load(checkpoint: Path, checkpoint_format: str, num_heads: int | None, slicing: str | None):
+def _load(checkpoint: Path, checkpoint_format: str, num_heads: int | None, slicing: str | None,
+          ema: bool = False):
     from exporter.api import load
 
     loaded = load(checkpoint, checkpoint_format, num_heads=num_heads, slicing=slicing,
-                  warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-    console.print(f"loaded {checkpoint.name} as [bold]{loaded.source_format}[/]: "
+                  warn=lambda m: console.print(f"[yellow]warning:[/] {m}"), **({"ema": True} if ema else {}))
+    how = (" (detected from its keys)" if checkpoint_format == "auto" else "") + (", EMA weights" if ema else "")
+    console.print(f"loaded {checkpoint.name} as [bold]{loaded.source_format}[/]{how}: "
                   f"embed {loaded.model.cfg.embed_dim}, depth {loaded.model.cfg.depth}, "
                   f"heads {loaded.model.cfg.num_heads}, slicing {loaded.model.cfg.slicing}")
     return loaded
@@ -92,11 +95,11 @@ def variant_table(manifest: dict[str, Any], title: str) -> Table:
 def variants(checkpoint: CheckpointArg, widths: WidthsOpt = "0.25,0.5,1.0",
              keep_rates: KeepOpt = "1.0,0.7,0.5", resolutions: ResOpt = None,
              checkpoint_format: FormatOpt = "auto", num_heads: HeadsOpt = None,
-             slicing: SlicingOpt = None) -> None:
+             slicing: SlicingOpt = None, ema: EmaOpt = False) -> None:
     """Print the variant grid of a checkpoint with dims, params and MACs."""
     from exporter.api import describe_variants
 
-    loaded = _load(checkpoint, checkpoint_format, num_heads, slicing)
+    loaded = _load(checkpoint, checkpoint_format, num_heads, slicing, ema)
     rows = describe_variants(loaded.model, _grid(widths, keep_rates, resolutions))
     table = Table(title=f"{len(rows)} variants of {checkpoint.name}")
     for col in rows[0]:
@@ -113,14 +116,14 @@ def export(checkpoint: CheckpointArg,
            resolutions: ResOpt = None,
            formats: Annotated[str, typer.Option("--formats", help="Export formats.")] = "onnx",
            checkpoint_format: FormatOpt = "auto", num_heads: HeadsOpt = None,
-           slicing: SlicingOpt = None,
+           slicing: SlicingOpt = None, ema: EmaOpt = False,
            eval_data: Annotated[str | None, typer.Option(
                "--eval-data", help="'builtin' to measure held-out accuracy on the digits set.")] = None,
            ) -> None:
     """Export every variant of the grid as validated artifacts plus manifest.json."""
     from exporter.api import export_checkpoint_bundle
 
-    loaded = _load(checkpoint, checkpoint_format, num_heads, slicing)
+    loaded = _load(checkpoint, checkpoint_format, num_heads, slicing, ema)
     grid = _grid(widths, keep_rates, resolutions)
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
     n = len(grid.subnets(loaded.model.cfg)) * len(fmt_list)
