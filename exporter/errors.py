@@ -22,6 +22,10 @@ class ValidationError(SlimvitError):
     """An exported artifact does not match PyTorch within tolerance."""
 
 
+class ExportError(SlimvitError):
+    """A converter cannot turn a variant into a format (names the variant, the format and the op)."""
+
+
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest valid name, or '' if none is close."""
     close = difflib.get_close_matches(name, list(valid), n=1)

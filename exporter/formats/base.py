@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import re
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 from torch import nn
+
+from exporter.errors import ExportError, check_choice
 
 
 class ExportFormat(ABC):
@@ -18,13 +25,19 @@ class ExportFormat(ABC):
         name: the stable name used in the CLI and the manifest (``onnx``).
         suffix: file (or directory) suffix of an artifact.
         atol: absolute tolerance of the FP32 artifact against PyTorch logits.
-        can_run: whether `run` works on this host (Core ML cannot run off macOS).
+        can_run: whether `run` works on this host (Core ML cannot run off macOS); where it does
+            not, `check` validates the artifact without running it.
+        layouts: input layouts the format can export; the first is the default.
     """
 
     name: ClassVar[str]
     suffix: ClassVar[str]
     atol: ClassVar[float] = 1e-4
     can_run: ClassVar[bool] = True
+    layouts: ClassVar[tuple[str, ...]] = ("NCHW",)
+
+    def __init__(self, layout: str | None = None) -> None:
+        self.layout = check_choice(f"{self.name} input layout", layout or self.layouts[0], self.layouts)
 
     @abstractmethod
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
@@ -38,3 +51,46 @@ class ExportFormat(ABC):
     def runtime_version(self) -> str:
         """Name and version of what `run` uses, recorded with every validation."""
         return self.name
+
+    def check(self, path: Path, module: nn.Module, example: np.ndarray) -> list[str]:
+        """Validate an artifact without running it (for hosts where `can_run` is false).
+
+        Returns:
+            What was checked, one short phrase each (recorded in the manifest).
+
+        Raises:
+            ValidationError: listing every problem found.
+        """
+        raise NotImplementedError(f"{self.name} artifacts can only be validated by running them")
+
+
+def converter_error(fmt: str, metadata: Mapping[str, str], error: BaseException) -> ExportError:
+    """An `ExportError` that names the format, the variant and (when the message shows it) the op."""
+    text = str(error).strip() or type(error).__name__
+    op = _op_name(text)
+    variant = metadata.get("slimvit.variant_id", "the variant")
+    first = text.splitlines()[0][:300]
+    what = f"op '{op}'" if op else "the graph"
+    return ExportError(f"{variant}: the {fmt} converter cannot handle {what}: {first}")
+
+
+_OP_PATTERNS = (r"aten[.:]+(\w+)", r"op(?:eration)? ['\"`]?([\w.:]+)['\"`]?", r"ops \[['\"]?([\w.:]+)")
+
+
+def _op_name(text: str) -> str | None:
+    for pattern in _OP_PATTERNS:
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    return None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Converters print progress bars and warn about untested versions; keep the CLI readable."""
+    for name in ("torch.onnx", "coremltools", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+          contextlib.redirect_stderr(io.StringIO())):
+        warnings.simplefilter("ignore")
+        yield
