@@ -20,31 +20,54 @@ class Preprocess:
     Attributes:
         mean, std: per-channel normalization applied after resizing.
         resize: interpolation used to reach the variant's resolution (``bilinear``).
+        crop: center-crop fraction: the image is resized to ``resolution / crop`` and its
+            center ``resolution`` square kept (ImageNet evaluation uses 0.875); 1.0 = no crop.
     """
 
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     resize: str = "bilinear"
+    crop: float = 1.0
 
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std):
             raise ConfigError(f"mean has {len(self.mean)} channels but std has {len(self.std)}")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std must be positive, but got {self.std}")
+        if not 0 < self.crop <= 1:
+            raise ConfigError(f'"crop" must be in (0, 1], but got {self.crop}')
 
     def __call__(self, images: np.ndarray | torch.Tensor, resolution: int) -> torch.Tensor:
         x = torch.as_tensor(images, dtype=torch.float32)
         if x.ndim != 4 or x.shape[1] != len(self.mean):
             raise ConfigError(f"expected images of shape (N, {len(self.mean)}, H, W), got {tuple(x.shape)}")
-        if x.shape[-2:] != (resolution, resolution):
-            x = F.interpolate(x, size=(resolution, resolution), mode=self.resize, align_corners=False)
+        return self.normalize(self.resize_crop(x, resolution))
+
+    def resize_crop(self, x: torch.Tensor, resolution: int) -> torch.Tensor:
+        """Resize (N, C, H, W) to ``resolution / crop`` and keep the center square."""
+        size = resolution if self.crop == 1.0 else round(resolution / self.crop)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode=self.resize, align_corners=False)
+        if size != resolution:
+            top = (size - resolution) // 2
+            x = x[..., top:top + resolution, top:top + resolution]
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def describe(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std), "value_range": [0.0, 1.0],
-                "resize": f"{self.resize} (align_corners=False) to the variant's resolution"}
+                "resize": f"{self.resize} (align_corners=False) to the variant's resolution",
+                "crop": self.crop}
+
+    def normalized_range(self) -> tuple[float, float]:
+        """The range normalized inputs take when pixels lie in [0, 1]."""
+        lo = min((0.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+        hi = max((1.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+        return lo, hi
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,143 @@
+"""ONNX precisions: fp16 (float16 weights and math, float32 I/O), int8 (static QDQ, per-channel
+weights, calibrated activations) and int8-dynamic (int8 weights, activations quantized at run
+time). Quantization starts from ONNX Runtime's pre-processing (shape inference and graph
+optimizations such as MatMul+Add -> Gemm), which lets more ops take the int8 path."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from exporter.quantize.registry import Precision, QuantJob, register
+
+# Op types ONNX Runtime's QDQ quantizer would quantize that a retry keeps in float. Softmax and
+# Gelu have no QDQ kernel on CPU, so they stay float in every case.
+_SENSITIVE_TYPES = {"layernorm": "LayerNormalization", "softmax": "Softmax", "gelu": "Gelu"}
+_QDQ_TYPES = ("Conv", "Gemm", "MatMul", "LayerNormalization", "Reshape", "Transpose", "Slice",
+              "Split", "Gather", "GatherElements", "TopK", "Unsqueeze", "Squeeze", "Flatten")
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def _prepared(src: Path, work: Path) -> Path:
+    """ONNX Runtime's recommended pre-processing: symbolic shape inference + optimizations."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / "pre.onnx"
+    with _quiet():
+        quant_pre_process(str(src), str(out))
+    return out
+
+
+def _finish(src: Path, job: QuantJob, precision: str) -> None:
+    """Re-attach metadata (quantizers drop some) and write deterministically."""
+    model = onnx.load(str(src))
+    del model.metadata_props[:]
+    for key, value in sorted({**job.metadata, "slimvit.precision": precision}.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    job.out.write_bytes(model.SerializeToString(deterministic=True))
+
+
+def _edge_nodes(model: onnx.ModelProto) -> tuple[str, str]:
+    """Names of the first weighted node (patch embedding) and the last one (the head)."""
+    weighted = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return weighted[0], weighted[-1]
+
+
+def quantize_fp16(job: QuantJob) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(job.fp32_path))
+    # LayerNorm statistics overflow/underflow in fp16 on some inputs: keep them in float32.
+    block = ["LayerNormalization"] if "layernorm" in job.float_ops else []
+    with _quiet():
+        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=block or None)
+    with tempfile.TemporaryDirectory() as work:
+        tmp = Path(work) / "fp16.onnx"
+        onnx.save(half, str(tmp))
+        _finish(tmp, job, "fp16")
+
+
+class _Reader:
+    """ORT CalibrationDataReader over the variant's own inputs, one sample per run."""
+
+    def __init__(self, name: str, inputs: np.ndarray) -> None:
+        self.name, self.inputs, self.i = name, inputs, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.inputs):
+            return None
+        self.i += 1
+        return {self.name: self.inputs[self.i - 1: self.i]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize_int8(job: QuantJob) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if job.calibration is None:
+        raise ValueError("static int8 needs calibration inputs")
+    with tempfile.TemporaryDirectory() as work:
+        pre = _prepared(job.fp32_path, Path(work))
+        model = onnx.load(str(pre))
+        first, last = _edge_nodes(model)
+        ops = [t for t in _QDQ_TYPES if t not in {_SENSITIVE_TYPES.get(k) for k in job.float_ops}]
+        exclude = [n for k, n in (("first", first), ("last", last)) if k in job.float_ops]
+        out = Path(work) / "int8.onnx"
+        with _quiet():
+            quantize_static(
+                str(pre), str(out), _Reader(model.graph.input[0].name, job.calibration),
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                # U8 activations / S8 weights: ONNX Runtime's recommendation for x86 (VNNI) CPUs.
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                op_types_to_quantize=ops, nodes_to_exclude=exclude,
+                calibrate_method=getattr(CalibrationMethod, _METHODS[job.method]),
+                extra_options={"CalibMovingAverage": job.method == "minmax"},
+            )
+        _finish(out, job, "int8")
+
+
+def quantize_int8_dynamic(job: QuantJob) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as work:
+        pre = _prepared(job.fp32_path, Path(work))
+        model = onnx.load(str(pre))
+        first, last = _edge_nodes(model)
+        exclude = [n for k, n in (("first", first), ("last", last)) if k in job.float_ops]
+        out = Path(work) / "dyn.onnx"
+        with _quiet():
+            quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm"],
+                             per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+        _finish(out, job, "int8-dynamic")
+
+
+@contextlib.contextmanager
+def _quiet():
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+FP16 = register(Precision("fp16", "onnx", "float16 weights and math, float32 input/output",
+                          calibrated=False, min_agreement=0.97, quantize=quantize_fp16))
+INT8 = register(Precision("int8", "onnx", "static QDQ int8: per-channel symmetric int8 weights, "
+                          "uint8 activations with calibrated ranges", calibrated=True,
+                          min_agreement=0.8, quantize=quantize_int8))
+INT8_DYNAMIC = register(Precision("int8-dynamic", "onnx", "per-channel int8 weights of MatMul/Gemm, "
+                                  "activations quantized per run", calibrated=False,
+                                  min_agreement=0.8, quantize=quantize_int8_dynamic))
