@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +16,17 @@ from calibration.data import ImageSet
 from exporter.checkpoint import LoadedModel
 from exporter.config import Subnet, VariantGrid
 from exporter.cost import mac_count, param_count
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, SlimvitError
 from exporter.extract import extract_variant, static_spec
-from exporter.fileio import atomic_path, sha256_file
+from exporter.fileio import atomic_dir, atomic_path, sha256_file, sha256_tree, tree_bytes
 from exporter.formats import FORMATS, ExportFormat, get_format
 from exporter.formats.onnx import INPUT_NAME, OUTPUT_NAME
 from exporter.manifest import SCHEMA_VERSION, write_manifest
-from exporter.validate import validate_artifact
+from exporter.validate import check_artifact, validate_artifact
 
 Progress = Callable[[str], None]
 VALIDATION_RANDOM, VALIDATION_REAL = 4, 4
+DIRECTORY_SUFFIXES = (".mlpackage",)  # artifacts that are directories: hashed with sha256_tree
 
 
 def tool_version() -> str:
@@ -69,14 +71,14 @@ def variant_entry(loaded: LoadedModel, s: Subnet) -> dict[str, Any]:
     }
 
 
-def artifact_metadata(loaded: LoadedModel, s: Subnet) -> dict[str, str]:
+def artifact_metadata(loaded: LoadedModel, s: Subnet, layout: str = "NCHW") -> dict[str, str]:
     import json
 
     pre = loaded.preprocess
     return {
         "slimvit.variant_id": s.id, "slimvit.manifest_schema": SCHEMA_VERSION,
         "slimvit.labels": json.dumps(loaded.labels), "slimvit.mean": json.dumps(list(pre.mean)),
-        "slimvit.std": json.dumps(list(pre.std)), "slimvit.layout": "NCHW",
+        "slimvit.std": json.dumps(list(pre.std)), "slimvit.layout": layout,
         "slimvit.model": loaded.name, "slimvit.version": tool_version(),
     }
 
@@ -95,14 +97,28 @@ def export_variant(loaded: LoadedModel, s: Subnet, fmt: ExportFormat, out: Path,
         checks.append(real_inputs[:VALIDATION_REAL])
     rel = Path(fmt.name) / f"{s.id}.fp32{fmt.suffix}"
     target = out / rel
-    with atomic_path(target) as tmp:
-        fmt.export(module, example, tmp, artifact_metadata(loaded, s))
-        # Compare against the slimmable model itself, not only the extracted module.
-        reference = _SubnetForward(loaded.model, s)
-        report = validate_artifact(fmt, tmp, reference, np.concatenate(checks), what=s.id)
+    is_dir = fmt.suffix in DIRECTORY_SUFFIXES
+    with (atomic_dir if is_dir else atomic_path)(target) as tmp:
+        fmt.export(module, example, tmp, {**artifact_metadata(loaded, s, fmt.layout),
+                                          "slimvit.precision": "fp32"})
+        if fmt.can_run:
+            # Compare against the slimmable model itself, not only the extracted module.
+            reference = _SubnetForward(loaded.model, s)
+            report = validate_artifact(fmt, tmp, reference, np.concatenate(checks), what=s.id)
+        else:
+            report = check_artifact(fmt, tmp, module, example, host=platform.system())
     return {"format": fmt.name, "precision": "fp32", "path": rel.as_posix(),
-            "sha256": sha256_file(target), "bytes": target.stat().st_size,
-            "validation": report.to_dict()}
+            "sha256": sha256_tree(target) if is_dir else sha256_file(target),
+            "bytes": tree_bytes(target), "validation": report.to_dict()}
+
+
+class IncompleteBundleError(SlimvitError):
+    """With ``keep_going``: some artifacts failed; the bundle holds the rest (``manifest``)."""
+
+    def __init__(self, failures: list[tuple[str, str, str]], manifest: dict[str, Any]) -> None:
+        self.failures, self.manifest = failures, manifest
+        listed = "; ".join(f"{v} {f}: {why}" for v, f, why in failures)
+        super().__init__(f"{len(failures)} artifact(s) failed and are not in the bundle: {listed}")
 
 
 class _SubnetForward(torch.nn.Module):
@@ -116,7 +132,9 @@ class _SubnetForward(torch.nn.Module):
 
 def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
                   formats: Sequence[str] = ("onnx",), eval_set: ImageSet | None = None,
-                  progress: Progress | None = None, bundle_version: int = 1) -> dict[str, Any]:
+                  progress: Progress | None = None, bundle_version: int = 1, nhwc: bool = False,
+                  keep_going: bool = False,
+                  format_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Export every variant of ``grid`` in every format into the bundle directory ``out``.
 
     Args:
@@ -127,6 +145,10 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         eval_set: held-out images (in [0, 1]) for accuracy; also used in validation.
         progress: called with a short description before each artifact.
         bundle_version: the manifest's monotonically increasing bundle version.
+        nhwc: export formats that offer it (tflite) with an NHWC input (``input.layouts``).
+        keep_going: an artifact that fails to convert or validate is left out and the rest
+            still complete; `IncompleteBundleError` lists the failures after the manifest is written.
+        format_options: per-format constructor options, e.g. ``{"coreml": {"deployment_target": "iOS16"}}``.
 
     Returns:
         The manifest written to ``out/manifest.json``.
@@ -134,15 +156,17 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
     Raises:
         ConfigError: an unknown format or a variant that does not fit the model.
         ValidationError: an artifact does not match PyTorch (nothing of it is left behind).
+        ExportError: a converter cannot handle a variant (names the variant and the op).
+        IncompleteBundleError: with ``keep_going``, after writing the bundle without the failures.
     """
     out = Path(out)
-    fmts = [get_format(f) for f in dict.fromkeys(formats)]
+    fmts = [get_format(f, **_format_options(f, nhwc, format_options)) for f in dict.fromkeys(formats)]
     subnets = grid.subnets(loaded.model.cfg)
     if eval_set is not None and len(eval_set.class_names) not in (0, loaded.model.cfg.num_classes):
         raise ConfigError(f"evaluation set has {len(eval_set.class_names)} classes but the model "
                           f"has {loaded.model.cfg.num_classes}")
     model = loaded.model.eval()
-    variants = []
+    variants, failures = [], []
     for s in subnets:
         entry = variant_entry(loaded, s)
         real = None
@@ -151,7 +175,13 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         for fmt in fmts:
             if progress:
                 progress(f"{s.id} {fmt.name}")
-            art = export_variant(loaded, s, fmt, out, real)
+            try:
+                art = export_variant(loaded, s, fmt, out, real)
+            except SlimvitError as e:
+                if not keep_going:
+                    raise
+                failures.append((s.id, fmt.name, str(e)))
+                continue
             if eval_set is not None and fmt.can_run:
                 acc = evaluate_artifact(fmt, out / art["path"], _SubnetForward(model, s), real,
                                         eval_set.labels, eval_set.name)
@@ -168,13 +198,22 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         "model": {"name": loaded.name, "source_format": loaded.source_format,
                   "config": cfg.to_dict(), "weights_sha256": loaded.weights_sha256},
         "input": {"name": INPUT_NAME, "shape": [1, cfg.in_chans, top, top], "layout": "NCHW",
-                  "dtype": "float32", "color": "RGB", **loaded.preprocess.describe()},
+                  "layouts": {f.name: f.layout for f in fmts}, "dtype": "float32", "color": "RGB", **loaded.preprocess.describe()},
         "output": {"name": OUTPUT_NAME, "shape": [1, cfg.num_classes], "kind": "logits"},
         "labels": list(loaded.labels),
         "variants": variants,
     }
     write_manifest(out, manifest)
+    if failures:
+        raise IncompleteBundleError(failures, manifest)
     return manifest
 
 
-__all__ = ["FORMATS", "export_bundle", "export_variant", "evaluate_artifact", "tool_version"]
+def _format_options(name: str, nhwc: bool, options: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    opts = dict((options or {}).get(name, {}))
+    if nhwc and name in FORMATS and "NHWC" in FORMATS[name].layouts:
+        opts.setdefault("layout", "NHWC")
+    return opts
+
+
+__all__ = ["FORMATS", "IncompleteBundleError", "export_bundle", "export_variant", "evaluate_artifact", "tool_version"]

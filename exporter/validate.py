@@ -14,14 +14,23 @@ from exporter.formats.base import ExportFormat
 
 @dataclass(frozen=True)
 class ValidationReport:
+    """How an artifact was checked. ``max_abs_diff`` is None when it could not be run on this host
+    and was checked structurally instead (``checks`` says what was compared)."""
+
     method: str
-    max_abs_diff: float
+    max_abs_diff: float | None
     atol: float
     samples: int
+    checks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "max_abs_diff": self.max_abs_diff, "atol": self.atol,
-                "samples": self.samples}
+        out = {"method": self.method, "max_abs_diff": self.max_abs_diff, "atol": self.atol,
+               "samples": self.samples}
+        if self.max_abs_diff is None:
+            del out["max_abs_diff"]
+        if self.checks:
+            out["checks"] = list(self.checks)
+        return out
 
 
 def validate_artifact(fmt: ExportFormat, path: Path, reference: torch.nn.Module,
@@ -49,3 +58,15 @@ def validate_artifact(fmt: ExportFormat, path: Path, reference: torch.nn.Module,
         raise ValidationError(f"{what or path.name} ({fmt.name}) does not match PyTorch: "
                               + "; ".join(problems))
     return ValidationReport(fmt.runtime_version(), max(diffs.values()), atol, len(inputs))
+
+
+def check_artifact(fmt: ExportFormat, path: Path, module: torch.nn.Module, example: np.ndarray,
+                   host: str) -> ValidationReport:
+    """Validate an artifact that cannot run on this host by the format's structural `check`.
+
+    Raises:
+        ValidationError: listing every problem the check found.
+    """
+    checks = fmt.check(path, module, example)
+    return ValidationReport(f"{fmt.runtime_version()} program check (not run: {host})", None,
+                            fmt.atol, len(example), tuple(checks))
