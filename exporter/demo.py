@@ -20,6 +20,7 @@ DEMO_MODEL = ViTConfig(img_size=32, patch_size=8, in_chans=3, num_classes=10, em
                        num_heads=4, extra_resolutions=(24,), slicing="heads")
 DEMO_GRID = VariantGrid(widths=(0.25, 0.5, 1.0), keep_rates=(1.0, 0.7, 0.5), resolutions=(32, 24))
 DEMO_TRAIN = TrainConfig(epochs=60, lr=1e-3)
+DEMO_FORMATS = ("onnx", "tflite", "coreml")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class DemoResult:
     manifest: dict[str, Any]
 
 
-def run_demo(out: str | Path, train: TrainConfig = DEMO_TRAIN, formats: tuple[str, ...] = ("onnx",),
+def run_demo(out: str | Path, train: TrainConfig = DEMO_TRAIN, formats: tuple[str, ...] = DEMO_FORMATS,
              progress: Progress | None = None, log: Callable[[dict], None] | None = None) -> DemoResult:
     """Train, save, export and evaluate; writes ``out/digits_vit.safetensors`` and ``out/bundle``."""
     out = Path(out)
