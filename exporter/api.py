@@ -54,8 +54,17 @@ def describe_variants(model: SlimmableViT, grid: VariantGrid) -> list[dict[str, 
 
 def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
                              formats: Sequence[str] = ("onnx",), eval_data: str | None = None,
-                             progress: Progress | None = None) -> dict[str, Any]:
-    """`export_bundle` with an evaluation set chosen by name (``builtin`` = digits held-out)."""
+                             progress: Progress | None = None, precisions: str | Sequence[str] = "fp32",
+                             calibration: str | None = None, calibration_samples: int = 128,
+                             calibration_method: str = "minmax", max_drop: float = 0.01,
+                             warn: Callable[[str], None] | None = None,
+                             policy: str | Path | dict[str, Any] | None = None, nhwc: bool = False,
+                             keep_going: bool = False, coreml_target: str = "iOS17") -> dict[str, Any]:
+    """`export_bundle` with an evaluation set chosen by name (``builtin`` = digits held-out) and
+    the precisions beyond fp32, calibrated on ``calibration`` (see `exporter.quantize`);
+    ``coreml_target`` is the Core ML minimum deployment target."""
+    from exporter.quantize import quantize_options
+
     eval_set = None
     if eval_data is not None:
         check_choice("eval data", eval_data, EVAL_SETS)
@@ -65,4 +74,8 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                               f"{loaded.model.cfg.num_classes}; leave --eval-data out")
     if not formats:
         raise ConfigError("--formats is empty; give at least one format, e.g. onnx")
-    return export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress)
+    quant = quantize_options(precisions, calibration, loaded.preprocess, calibration_samples,
+                             method=calibration_method, max_drop=max_drop, warn=warn)
+    return export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
+                         quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
+                         format_options={"coreml": {"deployment_target": coreml_target}})

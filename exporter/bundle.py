@@ -22,6 +22,8 @@ from exporter.fileio import atomic_dir, atomic_path, sha256_file, sha256_tree, t
 from exporter.formats import FORMATS, ExportFormat, get_format
 from exporter.formats.onnx import INPUT_NAME, OUTPUT_NAME
 from exporter.manifest import SCHEMA_VERSION, write_manifest
+from exporter.policy_bundle import attach_policy, user_policy
+from exporter.quantize import QuantizeOptions, for_variant
 from exporter.validate import check_artifact, validate_artifact
 
 Progress = Callable[[str], None]
@@ -132,7 +134,9 @@ class _SubnetForward(torch.nn.Module):
 
 def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
                   formats: Sequence[str] = ("onnx",), eval_set: ImageSet | None = None,
-                  progress: Progress | None = None, bundle_version: int = 1, nhwc: bool = False,
+                  progress: Progress | None = None, bundle_version: int = 1,
+                  quantize: QuantizeOptions | None = None,
+                  policy: str | Path | dict[str, Any] | None = None, nhwc: bool = False,
                   keep_going: bool = False,
                   format_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Export every variant of ``grid`` in every format into the bundle directory ``out``.
@@ -145,6 +149,10 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         eval_set: held-out images (in [0, 1]) for accuracy; also used in validation.
         progress: called with a short description before each artifact.
         bundle_version: the manifest's monotonically increasing bundle version.
+        quantize: precisions beyond fp32 and their calibration (see `exporter.quantize`);
+            a precision over its accuracy budget is left out and listed under ``calibration``.
+        policy: a policy file or dict merged over the default switching policy
+            (docs/policy.md); its conformance vectors go into the bundle too.
         nhwc: export formats that offer it (tflite) with an NHWC input (``input.layouts``).
         keep_going: an artifact that fails to convert or validate is left out and the rest
             still complete; `IncompleteBundleError` lists the failures after the manifest is written.
@@ -161,17 +169,23 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
     """
     out = Path(out)
     fmts = [get_format(f, **_format_options(f, nhwc, format_options)) for f in dict.fromkeys(formats)]
+    policy = user_policy(policy)  # a bad policy file fails before any export work
     subnets = grid.subnets(loaded.model.cfg)
     if eval_set is not None and len(eval_set.class_names) not in (0, loaded.model.cfg.num_classes):
         raise ConfigError(f"evaluation set has {len(eval_set.class_names)} classes but the model "
                           f"has {loaded.model.cfg.num_classes}")
     model = loaded.model.eval()
-    variants, failures = [], []
+    if quantize is not None:
+        quantize.check([f.name for f in fmts])
+    variants, excluded, failures = [], [], []
     for s in subnets:
         entry = variant_entry(loaded, s)
         real = None
         if eval_set is not None:
             real = loaded.preprocess(eval_set.images, s.resolution).numpy()
+        quant = None if quantize is None else for_variant(
+            quantize, loaded.preprocess, s.resolution, _SubnetForward(model, s), real,
+            None if eval_set is None else eval_set.labels, "" if eval_set is None else eval_set.name)
         for fmt in fmts:
             if progress:
                 progress(f"{s.id} {fmt.name}")
@@ -187,6 +201,11 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
                                         eval_set.labels, eval_set.name)
                 art["accuracy"] = acc.to_dict()
             entry["artifacts"].append(art)
+            if quant is not None:
+                arts, skipped = quant.export(fmt, s.id, extract_variant(model, s), out / art["path"],
+                                             out, artifact_metadata(loaded, s, fmt.layout))
+                entry["artifacts"] += arts
+                excluded += skipped
         variants.append(entry)
     cfg = model.cfg
     top = max(s.resolution for s in subnets)
@@ -203,6 +222,9 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         "labels": list(loaded.labels),
         "variants": variants,
     }
+    if quantize is not None:
+        manifest["calibration"] = quantize.describe(excluded)
+    attach_policy(manifest, out, policy)
     write_manifest(out, manifest)
     if failures:
         raise IncompleteBundleError(failures, manifest)

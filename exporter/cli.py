@@ -86,9 +86,15 @@ def variant_table(manifest: dict[str, Any], title: str) -> Table:
                 continue
             acc = a.get("accuracy", {}).get("top1")
             table.add_row(*head, f"{a['format']} {a['precision']}", f"{a['bytes'] / 1024:.0f}",
-                          f"{a['validation']['max_abs_diff']:.1e}",
+                          _max_diff(a["validation"]),
                           "-" if acc is None else f"{100 * acc:.1f}%")
     return table
+
+
+def _max_diff(validation: dict[str, Any]) -> str:
+    """The max abs diff, or 'checked' for an artifact validated without running (Core ML off macOS)."""
+    diff = validation.get("max_abs_diff")
+    return "checked" if diff is None else f"{diff:.1e}"
 
 
 @app.command()
@@ -119,6 +125,22 @@ def export(checkpoint: CheckpointArg,
            slicing: SlicingOpt = None, ema: EmaOpt = False,
            eval_data: Annotated[str | None, typer.Option(
                "--eval-data", help="'builtin' to measure held-out accuracy on the digits set.")] = None,
+           precisions: Annotated[str, typer.Option(
+               "--precisions", help="fp32,fp16,int8,int8-dynamic,int8-weights,palettized")] = "fp32",
+           calibration: Annotated[str | None, typer.Option(
+               "--calibration", help="builtin, an image directory or an .npz with normalized x.")] = None,
+           calibration_samples: Annotated[int, typer.Option("--calibration-samples")] = 128,
+           calibration_method: Annotated[str, typer.Option(
+               "--calibration-method", help="minmax, entropy or percentile.")] = "minmax",
+           max_drop: Annotated[float, typer.Option(
+               "--max-drop", help="Allowed top-1 drop vs FP32 in p.p.; over it: retry, then leave out.")] = 1.0,
+           policy: Annotated[Path | None, typer.Option(
+               "--policy", help="Switching policy (JSON/YAML) merged over the default; docs/policy.md.")] = None,
+           nhwc: Annotated[bool, typer.Option("--nhwc", help="TFLite input in NHWC (camera) layout.")] = False,
+           keep_going: Annotated[bool, typer.Option(
+               "--keep-going", help="Leave out artifacts that fail; finish the rest, list failures.")] = False,
+           coreml_target: Annotated[str, typer.Option(
+               "--coreml-target", help="Core ML minimum deployment target (iOS16, iOS17, iOS18, macOS13..15).")] = "iOS17",
            ) -> None:
     """Export every variant of the grid as validated artifacts plus manifest.json."""
     from exporter.api import export_checkpoint_bundle
@@ -127,9 +149,23 @@ def export(checkpoint: CheckpointArg,
     grid = _grid(widths, keep_rates, resolutions)
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
     n = len(grid.subnets(loaded.model.cfg)) * len(fmt_list)
-    with progress_bar(n, "export") as step:
-        manifest = export_checkpoint_bundle(loaded, grid, out, fmt_list, eval_data, progress=step)
+    from exporter.bundle import IncompleteBundleError
+
+    try:
+        with progress_bar(n, "export") as step:
+            manifest = export_checkpoint_bundle(
+                loaded, grid, out, fmt_list, eval_data, progress=step, precisions=precisions,
+                calibration=calibration, calibration_samples=calibration_samples,
+                calibration_method=calibration_method, max_drop=max_drop / 100,
+                warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False), policy=policy,
+                nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target)
+    except IncompleteBundleError as e:  # --keep-going: show what was written, then the failures
+        out_console.print(variant_table(e.manifest, f"bundle {out} (incomplete)"))
+        for variant, fmt, why in e.failures:
+            console.print(f"[red]failed:[/] {variant} {fmt}: {why}", highlight=False, soft_wrap=True)
+        raise
     out_console.print(variant_table(manifest, f"bundle {out}"))
+    print_precisions(manifest)
 
 
 @app.command()
@@ -138,16 +174,259 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] =
     """Train a slimmable ViT on the built-in digits set, export and evaluate every variant."""
     import dataclasses
 
-    from exporter.demo import DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
+    from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
 
     train = dataclasses.replace(DEMO_TRAIN, epochs=epochs)
     n_art = len(DEMO_GRID.subnets(DEMO_MODEL))
     with progress_bar(train.epochs, "train") as step:
-        result = run_demo(out, train, progress=None,
+        result = run_demo(out, train, progress=None, formats=DEMO_FORMATS,
                           log=lambda r: step(f"epoch {r['epoch']} loss {r['loss']:.3f}"))
     del n_art
     out_console.print(variant_table(result.manifest, f"bundle {result.bundle}"))
     console.print(f"checkpoint: {result.checkpoint}\nbundle:     {result.bundle}/manifest.json")
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+           public_key: Annotated[Path | None, typer.Option(
+               "--public-key", help="Ed25519 public key (PEM); manifest.sig must verify.")] = None,
+           min_bundle_version: Annotated[int | None, typer.Option(
+               "--min-bundle-version", help="Newest bundle_version seen before; older is a rollback.")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+           ) -> None:
+    """Check a bundle as an app must before loading it; exit 1 listing every problem."""
+    import json
+
+    from exporter.verify import verify_bundle
+
+    report = verify_bundle(bundle, public_key, min_bundle_version=min_bundle_version)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for w in report.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        for p in report.problems:
+            console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
+        signed = {None: "signature not checked", True: "signature valid", False: "signature INVALID"}
+        verdict = "[green]ok[/]" if report.ok else f"[red]FAILED ({len(report.problems)} problem(s))[/]"
+        console.print(f"{bundle}: {verdict}: {report.artifacts} file(s) checked, bundle_version "
+                      f"{report.bundle_version}, {signed[report.signed]}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory (must verify first).")],
+         key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
+         expires: Annotated[str | None, typer.Option(
+             "--expires", help="Expiry written into the manifest: 30d, 12h or an ISO 8601 time.")] = None,
+         bundle_version: Annotated[int | None, typer.Option(
+             "--bundle-version", help="New bundle_version written into the manifest.")] = None,
+         ) -> None:
+    """Sign a bundle's manifest with Ed25519 (writes manifest.sig)."""
+    from exporter.signing import sign_bundle
+
+    path = sign_bundle(bundle, key, expires=expires, bundle_version=bundle_version)
+    console.print(f"signed: {path}")
+
+
+@app.command()
+def keygen(key: Annotated[Path, typer.Argument(help="Private key file to create (public: KEY.pub).")]) -> None:
+    """Create an Ed25519 key pair for `slimvit sign` (set $SLIMVIT_KEY_PASSPHRASE to encrypt it)."""
+    from exporter.signing import generate_keypair
+
+    private, public = generate_keypair(key)
+    console.print(f"private key: {private} (keep it secret)\npublic key:  {public} (ship it in the app)")
+
+
+def precision_table(manifest: dict[str, Any]) -> Table | None:
+    """Accuracy of every artifact against the FP32 PyTorch variant; None without precisions."""
+    if "calibration" not in manifest:
+        return None
+    cal = manifest["calibration"]
+    table = Table(title=f"precisions (calibration: {cal['source']}, {cal['samples']} samples, "
+                        f"{cal['method']}; budget {100 * cal.get('max_drop', 0):.1f} p.p.)")
+    for col in ("variant", "format", "precision", "KB", "top-1", "drop p.p.", "agreement", "float ops",
+                "measured by"):
+        table.add_column(col, justify="left" if col in ("variant", "format", "precision", "float ops",
+                                                        "measured by") else "right")
+    for v in manifest["variants"]:
+        for a in v["artifacts"]:
+            acc, val = a.get("accuracy", {}), a["validation"]
+            agree = acc.get("agreement", val.get("agreement"))
+            drop = acc.get("drop")
+            table.add_row(v["id"], a["format"], a["precision"], f"{a['bytes'] / 1024:.0f}",
+                          "-" if "top1" not in acc else f"{100 * acc['top1']:.1f}%",
+                          "-" if drop is None else f"{100 * drop:+.2f}",
+                          "-" if agree is None else f"{100 * agree:.1f}%",
+                          ",".join(a.get("quantization", {}).get("float_ops", [])) or "-",
+                          acc.get("method", val["method"]))
+    return table
+
+
+def print_precisions(manifest: dict[str, Any]) -> None:
+    """The precision table, then every precision left out of the bundle and why."""
+    table = precision_table(manifest)
+    if table is None:
+        return
+    out_console.print(table)
+    for e in manifest["calibration"].get("excluded", []):
+        console.print(f"[yellow]left out:[/] {e['variant']} {e['format']} {e['precision']}: {e['reason']}",
+                      highlight=False, soft_wrap=True)
+
+
+@app.command()
+def train(
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the checkpoint, logs and state.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="'digits' or an ImageFolder directory.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="sandwich, hydravit, scala or supervit.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML or TOML file; flags override it.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="A run folder (or its state.pt) to continue.")] = None,
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Checkpoint to distil from.")] = None,
+    separate: Annotated[bool, typer.Option("--separate", help="Train each width as its own model.")] = False,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")] = None,
+    widths: Annotated[str | None, typer.Option("--widths", help="Width ratios to train.")] = None,
+    keep_rates: Annotated[str | None, typer.Option("--keep-rates", help="Token keep rates to train.")] = None,
+    resolutions: Annotated[str | None, typer.Option("--resolutions", help="Input sizes to train.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
+) -> None:
+    """Train one slimmable ViT whose every variant works (or, with --separate, one per width)."""
+    from exporter.config import parse_floats, parse_ints
+    from exporter.training import SeparateResult, run_training
+
+    overrides = dict(dataset=dataset, recipe=recipe, epochs=epochs, teacher=teacher, lr=lr,
+                     batch_size=batch_size, seed=seed,
+                     widths=parse_floats(widths, "--widths") if widths else None,
+                     keep_rates=parse_floats(keep_rates, "--keep-rates") if keep_rates else None,
+                     resolutions=parse_ints(resolutions, "--resolutions") if resolutions else None)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("train", total=None, stats="")
+        last: dict[str, Any] = {}
+
+        def progress(e: dict[str, Any]) -> None:
+            if e["event"] == "epoch":
+                last.update({k: v for k, v in e.items() if k.startswith("heldout_")})
+                return
+            held = " ".join(f"{k[8:]} {100 * v:.1f}%" for k, v in last.items())
+            bar.update(task, total=e["epochs"] * e["steps"], completed=(e["epoch"] - 1) * e["steps"] + e["step"],
+                       description=f"train epoch {e['epoch']}/{e['epochs']}",
+                       stats=f"loss {e['loss']:.3f}  held-out {held}")
+
+        result = run_training(config, out, resume, separate, progress, **overrides)
+    runs = result.per_width.values() if isinstance(result, SeparateResult) else [result]
+    accs = {k: v for r in runs for k, v in r.accuracies.items()}
+    if not accs:
+        return  # a data-parallel worker: rank 0 prints the table
+    for r in runs:
+        for note in r.notes:
+            console.print(f"[yellow]data:[/] {note}", highlight=False)
+    table = Table(title=f"held-out top-1 per variant ({'separate models' if separate else 'one slimmable model'}, "
+                        f"{result.seconds:.1f} s)")
+    table.add_column("variant")
+    table.add_column("top-1", justify="right")
+    for k, v in accs.items():
+        table.add_row(k, f"{100 * v:.1f}%")
+    out_console.print(table)
+    if out is not None:
+        console.print(f"checkpoint, log.jsonl, config.yaml, state.pt: {out}")
+
+
+@app.command("select")
+def select_variant(
+        bundle: Annotated[Path, typer.Argument(help="Bundle directory (or its manifest.json).")],
+        thermal: Annotated[str, typer.Option("--thermal", help="Thermal state name of the platform.")],
+        battery: Annotated[float, typer.Option("--battery", help="Battery level in percent, 0-100.")],
+        charging: Annotated[bool, typer.Option("--charging", help="Plugged in.")] = False,
+        low_power: Annotated[bool, typer.Option("--low-power", help="OS low-power mode is on.")] = False,
+        platform: Annotated[str, typer.Option("--platform", help="android, ios or web.")] = "android",
+        device: Annotated[str | None, typer.Option("--device", help="Device id for latency budgets.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help='Print {"variant": ID, "reason": TEXT}.')] = False,
+        ) -> None:
+    """The variant the bundle's policy picks for a device state (docs/policy.md)."""
+    import json
+
+    from exporter.policy_bundle import select
+
+    c = select(bundle, thermal, battery, charging, low_power, platform, device)
+    if as_json:
+        print(json.dumps({"variant": c.variant, "reason": c.reason}))
+    else:
+        print(f"{c.variant}  (tier {c.tier}, rule {c.rule}: {c.reason})")
+
+
+policy_app = typer.Typer(no_args_is_help=True, help="The switching policy's conformance vectors.")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("vectors")
+def policy_vectors(
+        out: Annotated[Path, typer.Option("--out", help="Vectors file to write.")] = Path(
+            "conformance/policy_vectors.json"),
+        bundle: Annotated[Path | None, typer.Option(
+            "--bundle", help="Use this bundle's policy (default: the reference policy).")] = None,
+        ) -> None:
+    """Generate conformance vectors from the reference engine."""
+    from exporter.policy_vectors import write_vectors
+
+    doc = write_vectors(out, bundle)
+    steps = sum(len(c["steps"]) for c in doc["cases"])
+    console.print(f"{out}: {len(doc['cases'])} cases, {steps} steps, {len(doc['policy']['tiers'])} tiers")
+
+
+@policy_app.command("update")
+def policy_update(
+        bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+        policy: Annotated[Path | None, typer.Option(
+            "--policy", help="Policy file (JSON/YAML) merged over the default.")] = None,
+        ) -> None:
+    """Recompute a bundle's policy and conformance vectors (e.g. after `slimvit profile`)."""
+    from exporter.policy_bundle import update_policy
+
+    p = update_policy(bundle, policy)
+    console.print(f"{bundle}: policy with {len(p['tiers'])} tiers: {', '.join(p['tiers'])}")
+
+
+@app.command()
+def simulate(
+        bundle: Annotated[Path, typer.Argument(help="Bundle directory (or its manifest.json).")],
+        trace: Annotated[Path, typer.Argument(help="CSV with t_s,battery,charging,thermal,low_power.")],
+        out: Annotated[Path, typer.Option("--out", help="Directory for summary.json and timeline.png.")],
+        platform: Annotated[str, typer.Option("--platform", help="Platform of the trace's thermal names.")
+                            ] = "android",
+        device: Annotated[str | None, typer.Option("--device", help="Device id for latency.")] = None,
+        fps: Annotated[float, typer.Option("--fps", help="Inferences per second (energy proxy).")] = 10.0,
+        ) -> None:
+    """Replay a device trace through the bundle's policy; write summary.json and a timeline plot."""
+    from exporter.simulate import simulate_bundle
+
+    s = simulate_bundle(bundle, trace, out, platform, device, fps)
+    run, best, cheap = s["policy"], s["always_best"], s["always_cheapest"]
+    table = Table(title=f"{s['trace']}: {s['duration_s'] / 60:.1f} min, {s['switches']} switches "
+                        f"({s['switches_per_minute']:.2f}/min)")
+    for col in ("strategy", "mean top-1", "mean latency ms", "energy proxy (GMAC)"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for name, f in (("policy", run), ("always best", best), ("always cheapest", cheap)):
+        acc = "-" if f["mean_accuracy"] is None else f"{100 * f['mean_accuracy']:.2f}%"
+        table.add_row(name, acc, f"{f['mean_latency_ms']:.2f}", f"{f['energy_proxy_macs'] / 1e9:,.1f}")
+    out_console.print(table)
+    console.print(f"latency: {s['latency_source']}\nwrote {out / 'summary.json'} and {out / 'timeline.png'}")
+
+
+@policy_app.command("check")
+def policy_check(vectors: Annotated[Path, typer.Argument(help="A policy vectors JSON file.")]) -> None:
+    """Replay a vectors file through the reference engine; exit 1 listing every mismatch."""
+    from exporter.policy_vectors import check_vectors, read_vectors
+
+    doc = read_vectors(vectors)
+    bad = check_vectors(doc)
+    for b in bad:
+        console.print(f"[red]mismatch:[/] {b}", highlight=False, soft_wrap=True)
+    console.print(f"{vectors}: {len(doc['cases'])} cases, {len(bad)} mismatch(es)")
+    if bad:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -223,7 +502,10 @@ def report(
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a `typer.Exit` code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SlimvitError as e:
         console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -228,3 +228,18 @@ def select(bundle: str | Path, thermal: str, battery: float, charging: bool = Fa
 
     policy = policy_of(read_manifest(bundle), str(bundle))
     return decide(policy, DeviceState(platform, thermal, battery, charging, low_power, device), None, 0)
+
+
+def update_policy(bundle: str | Path, user: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Recompute an existing bundle's policy and vectors (e.g. after profiling added latency).
+
+    Returns the policy written into the bundle's manifest.
+    """
+    from exporter.manifest import read_manifest, write_manifest
+
+    doc = user_policy(user)  # fail before touching the bundle
+    manifest = read_manifest(bundle)
+    out = Path(bundle) if Path(bundle).is_dir() else Path(bundle).parent
+    attach_policy(manifest, out, doc)
+    write_manifest(out, manifest)
+    return manifest["policy"]
