@@ -14,8 +14,10 @@ from exporter.errors import ConfigError, check_choice, did_you_mean
 
 SLICINGS = ("heads", "ratio")
 KEEP_RULES = ("supervit", "evit")
+TOKEN_REDUCERS = ("topk", "tsm")
 Slicing = Literal["heads", "ratio"]
 KeepRule = Literal["supervit", "evit"]
+TokenReducer = Literal["topk", "tsm"]
 
 
 def default_prune_blocks(depth: int) -> tuple[int, ...]:
@@ -40,6 +42,9 @@ class ViTConfig:
         keep_rule: ``supervit`` keeps ceil(rate*N) with N counting CLS; ``evit`` keeps
             ceil(rate*(N-1)).
         fuse_tokens: EViT's extra token, the attention-weighted average of dropped tokens.
+        token_reducer: ``topk`` keeps the patch tokens CLS attends to most (EViT/SuperViT);
+            ``tsm`` is SiT's Token Slimming Module, which softly aggregates the patch tokens
+            into as many new ones (static shapes, no top-k or gather).
     """
 
     img_size: int = 224
@@ -59,6 +64,7 @@ class ViTConfig:
     prune_blocks: tuple[int, ...] | None = None
     keep_rule: KeepRule = "supervit"
     fuse_tokens: bool = False
+    token_reducer: TokenReducer = "topk"
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth",
@@ -68,6 +74,10 @@ class ViTConfig:
                 raise ConfigError(f'"{name}" must be a positive integer, but got {value!r}')
         check_choice("slicing", self.slicing, SLICINGS)
         check_choice("keep_rule", self.keep_rule, KEEP_RULES)
+        check_choice("token_reducer", self.token_reducer, TOKEN_REDUCERS)
+        if self.token_reducer == "tsm" and self.fuse_tokens:
+            raise ConfigError('"fuse_tokens" is a top-k option (EViT); the "tsm" token reducer '
+                              "already aggregates every token; leave fuse_tokens off")
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f'"embed_dim" ({self.embed_dim}) must be divisible by "num_heads" '
@@ -103,6 +113,18 @@ class ViTConfig:
     @property
     def num_prefix_tokens(self) -> int:
         return 2 if self.distilled else 1
+
+    @property
+    def tsm_hidden(self) -> int:
+        """Hidden units of each Token Slimming Module's MLP (SiT uses half the embed dim)."""
+        return self.embed_dim // 2
+
+    @property
+    def tsm_slots(self) -> int:
+        """Output tokens each Token Slimming Module can produce: the patch count at the largest
+        resolution. A keep rate uses the first n_keep slots, so one TSM per prune block serves
+        every keep rate and resolution of the grid."""
+        return (self.resolutions[0] // self.patch_size) ** 2
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -161,10 +183,13 @@ class Subnet:
     resolution: int
     width: float  # the width ratio actually realised: embed_dim / full embed_dim
     tokens: tuple[int, ...] = field(default=())  # token count entering each block, then the final norm
+    name: str = ""  # overrides the id, e.g. for a searched (ViT-Slim) structure
 
     @property
     def id(self) -> str:
         """Stable id used in file names and the manifest, e.g. ``w192_k70_r224``."""
+        if self.name:
+            return self.name
         return f"w{self.embed_dim}_k{round(self.keep_rate * 100)}_r{self.resolution}"
 
 

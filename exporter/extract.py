@@ -8,11 +8,13 @@ import torch
 from torch import Tensor
 
 from exporter.config import Subnet, Variant, block_keeps
-from exporter.model import SlimmableViT, channel_index, qkv_rows
+from exporter.model import SlimmableViT, TokenSlimming, channel_index, qkv_rows
 from exporter.static import StaticSpec, StaticViT
 
 
 def static_spec(model: SlimmableViT, s: Subnet) -> StaticSpec:
+    if getattr(model, "structure", None) is not None:  # a searched non-uniform model (ViT-Slim)
+        return model.static_spec(s)
     cfg = model.cfg
     return StaticSpec(
         embed_dim=s.embed_dim, num_heads=s.num_heads, head_dim=s.head_dim, mlp_hidden=s.mlp_hidden,
@@ -20,7 +22,8 @@ def static_spec(model: SlimmableViT, s: Subnet) -> StaticSpec:
         num_classes=cfg.num_classes, resolution=s.resolution,
         num_prefix_tokens=cfg.num_prefix_tokens, keeps=block_keeps(cfg, s),
         fuse_tokens=cfg.fuse_tokens, ln_eps=cfg.ln_eps, qkv_bias=cfg.qkv_bias,
-        distilled=cfg.distilled,
+        distilled=cfg.distilled, token_reducer=cfg.token_reducer,
+        tsm_hidden=s.embed_dim // 2 if cfg.token_reducer == "tsm" else 0,
     )
 
 
@@ -52,6 +55,7 @@ def variant_state_dict(model: SlimmableViT, s: Subnet) -> dict[str, Tensor]:
     if model.head_dist is not None:
         sd["head_dist.weight"] = model.head_dist.weight[:, ch]
         sd["head_dist.bias"] = model.head_dist.bias
+    n_keeps = block_keeps(cfg, s)
     q_scale = torch.ones(3 * d)
     q_scale[:d] = scale
     for i, blk in enumerate(model.blocks):
@@ -65,7 +69,21 @@ def variant_state_dict(model: SlimmableViT, s: Subnet) -> dict[str, Tensor]:
         sd[p + "attn.proj.bias"] = blk.attn.proj.bias[ch]
         sd[p + "fc1.weight"], sd[p + "fc1.bias"] = blk.mlp.fc1.weight[hid, ch], blk.mlp.fc1.bias[hid]
         sd[p + "fc2.weight"], sd[p + "fc2.bias"] = blk.mlp.fc2.weight[ch, hid], blk.mlp.fc2.bias[ch]
+        if blk.tsm is not None and n_keeps[i] is not None:
+            sd.update(tsm_state_dict(blk.tsm, s, n_keeps[i], p + "tsm."))
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+def tsm_state_dict(tsm: TokenSlimming, s: Subnet, n_keep: int, prefix: str) -> dict[str, Tensor]:
+    """A Token Slimming Module at subnet ``s``'s width and its first ``n_keep`` output slots."""
+    D = tsm.cfg.embed_dim
+    ch = channel_index(D, s.embed_dim, s.channels)
+    hid = channel_index(tsm.cfg.tsm_hidden, s.embed_dim // 2, s.channels)
+    return {
+        prefix + "norm.weight": tsm.norm.weight[ch], prefix + "norm.bias": tsm.norm.bias[ch],
+        prefix + "fc1.weight": tsm.fc1.weight[hid, ch], prefix + "fc1.bias": tsm.fc1.bias[hid],
+        prefix + "fc2.weight": tsm.fc2.weight[:n_keep, hid], prefix + "fc2.bias": tsm.fc2.bias[:n_keep],
+    }
 
 
 def extract_variant(model: SlimmableViT, variant: Variant | Subnet) -> StaticViT:
@@ -82,6 +100,8 @@ def extract_variant(model: SlimmableViT, variant: Variant | Subnet) -> StaticViT
         ConfigError: the variant does not fit the model (width or resolution).
     """
     s = model.subnet(variant)
+    if getattr(model, "structure", None) is not None:  # a searched non-uniform model (ViT-Slim)
+        return model.extract(s)
     static = StaticViT(static_spec(model, s))
     static.load_state_dict(variant_state_dict(model, s), strict=True)
     return static.eval()

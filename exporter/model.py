@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from exporter.config import Subnet, Variant, ViTConfig, block_keeps, resolve
+from exporter.errors import ConfigError
 
 # --------------------------------------------------------------------------- slicing rules
 
@@ -89,6 +90,23 @@ def prune_tokens(x: Tensor, attn: Tensor, n_keep: int, n_prefix: int, fuse: bool
     return torch.cat(parts, dim=1)
 
 
+def slim_tokens(x: Tensor, logits: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
+    """SiT's token slimming: each output token is a softmax-weighted sum of the patch tokens.
+
+    Args:
+        x: tokens (B, N, C), prefix tokens first (they pass through unchanged).
+        logits: the TSM's scores (B, N-p, k), one column per output token.
+        n_prefix: number of prefix tokens.
+
+    Returns:
+        The tokens (B, p+k, C) and the aggregation weights (B, N-p, k). Only a softmax and a
+        matmul: static shapes, no top-k, no gather.
+    """
+    weights = logits.softmax(dim=1)  # (B, N-p, k), a distribution over input tokens per output
+    slim = weights.transpose(1, 2) @ x[:, n_prefix:]  # (B, k, C)
+    return torch.cat([x[:, :n_prefix], slim], dim=1), weights
+
+
 # --------------------------------------------------------------------------- modules
 
 
@@ -133,20 +151,58 @@ def sliced_norm(norm: nn.LayerNorm, x: Tensor, s: Subnet, eps: float) -> Tensor:
     return F.layer_norm(x, (s.embed_dim,), norm.weight[ch], norm.bias[ch], eps)
 
 
-class Block(nn.Module):
+class TokenSlimming(nn.Module):
+    """SiT's Token Slimming Module: LayerNorm -> MLP -> softmax over input tokens -> weighted sum.
+
+    The MLP scores every patch token for ``tsm_slots`` output slots; a keep rate producing k
+    tokens uses the first k slots (weights ``fc2[:k]``), so one module per prune block serves
+    every keep rate and resolution, the way width subnets share the first channels. The
+    embed and hidden dims are sliced like the rest of the block.
+    """
+
     def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.tsm_hidden)
+        self.fc2 = nn.Linear(cfg.tsm_hidden, cfg.tsm_slots)
+
+    def forward(self, x: Tensor, s: Subnet, n_keep: int) -> tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        if n_keep > cfg.tsm_slots:
+            raise ConfigError(f"subnet {s.id} keeps {n_keep} tokens but the Token Slimming "
+                              f"Modules have {cfg.tsm_slots} slots; use a resolution up to "
+                              f"{cfg.resolutions[0]} or a lower keep rate")
+        ch = channel_index(cfg.embed_dim, s.embed_dim, s.channels)
+        hid = channel_index(cfg.tsm_hidden, s.embed_dim // 2, s.channels)
+        p = cfg.num_prefix_tokens
+        h = sliced_norm(self.norm, x[:, p:], s, cfg.ln_eps)  # (B, N-p, d)
+        h = F.gelu(F.linear(h, self.fc1.weight[hid, ch], self.fc1.bias[hid]))  # (B, N-p, d/2)
+        logits = F.linear(h, self.fc2.weight[:n_keep, hid], self.fc2.bias[:n_keep])  # (B, N-p, k)
+        return slim_tokens(x, logits, p)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig, tsm: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
         self.attn = Attention(cfg)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
         self.mlp = Mlp(cfg)
+        self.tsm = TokenSlimming(cfg) if tsm else None
+
+    def reduce(self, x: Tensor, attn: Tensor, s: Subnet, n_keep: int) -> tuple[Tensor, Tensor | None]:
+        """Reduce the tokens after attention; also returns the TSM's aggregation weights."""
+        if self.tsm is not None:
+            return self.tsm(x, s, n_keep)
+        return prune_tokens(x, attn, n_keep, self.cfg.num_prefix_tokens, self.cfg.fuse_tokens), None
 
     def forward(self, x: Tensor, s: Subnet, n_keep: int | None) -> Tensor:
         h, attn = self.attn(sliced_norm(self.norm1, x, s, self.cfg.ln_eps), s)
         x = x + h
         if n_keep is not None:
-            x = prune_tokens(x, attn, n_keep, self.cfg.num_prefix_tokens, self.cfg.fuse_tokens)
+            x = self.reduce(x, attn, s, n_keep)[0]
         return x + self.mlp(sliced_norm(self.norm2, x, s, self.cfg.ln_eps), s)
 
 
@@ -174,7 +230,8 @@ class SlimmableViT(nn.Module):
             str(r): nn.Parameter(torch.zeros(1, (r // cfg.patch_size) ** 2 + cfg.num_prefix_tokens, D))
             for r in cfg.extra_resolutions
         })
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        tsm = cfg.prune_blocks if cfg.token_reducer == "tsm" else ()
+        self.blocks = nn.ModuleList(Block(cfg, tsm=i in tsm) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
         self.head = nn.Linear(D, cfg.num_classes)
         self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.distilled else None
@@ -210,7 +267,8 @@ class SlimmableViT(nn.Module):
         return resample_pos_embed(self.pos_embed, self.cfg.num_prefix_tokens,
                                   resolution // self.cfg.patch_size)
 
-    def forward_features(self, x: Tensor, s: Subnet) -> Tensor:
+    def embed(self, x: Tensor, s: Subnet) -> Tensor:
+        """Patch embedding, prefix tokens and positions: (B, C, R, R) -> (B, N, d)."""
         cfg = self.cfg
         if x.shape[-2:] != (s.resolution, s.resolution):
             raise ValueError(f"subnet {s.id} expects {s.resolution}x{s.resolution} input, "
@@ -223,7 +281,11 @@ class SlimmableViT(nn.Module):
         if self.dist_token is not None:
             prefix.append(self.dist_token[..., ch])
         x = torch.cat([p.expand(x.shape[0], -1, -1) for p in prefix] + [x], dim=1)
-        x = x + self.pos_embed_for(s.resolution)[..., ch]  # (B, N, d)
+        return x + self.pos_embed_for(s.resolution)[..., ch]  # (B, N, d)
+
+    def forward_features(self, x: Tensor, s: Subnet) -> Tensor:
+        cfg = self.cfg
+        x = self.embed(x, s)
         for block, n_keep in zip(self.blocks, block_keeps(cfg, s), strict=True):
             x = block(x, s, n_keep)
         return sliced_norm(self.norm, x, s, cfg.ln_eps)
