@@ -22,6 +22,7 @@ from exporter.errors import CheckpointError
 # options beside the weights; a Namespace is a plain attribute bag and safe to rebuild.
 SAFE_GLOBALS = [argparse.Namespace]
 DDP_PREFIX = "module."
+REFUSALS = ("GLOBAL", "unrecognized function", "allowlisted")
 
 
 @dataclass
@@ -55,14 +56,17 @@ def read_container(path: Path) -> Container:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=magic == b"PK\x03\x04")
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "Weights only load failed" in text:
+        # Refusals name a global or a callable; anything else is a damaged byte stream.
+        if any(sign in text for sign in REFUSALS):
             what = re.search(r"GLOBAL (\S+)", text)
             raise CheckpointError(
                 f"{path}: refused: the file needs arbitrary code to unpickle"
                 f"{f' ({what.group(1)})' if what else ''}; slimvit only loads plain tensors "
                 f"(torch.load weights_only=True); re-save its state dict with safetensors or "
                 f"torch.save(model.state_dict())") from None
-        raise CheckpointError(f"{path}: cannot unpickle ({text.splitlines()[0] if text else 'no detail'}); "
+        noise = ("Weights only", "Please file", "Check the documentation")
+        detail = [ln for ln in text.splitlines() if ln.strip() and not any(n in ln for n in noise)]
+        raise CheckpointError(f"{path}: cannot unpickle ({(detail or ['no detail'])[0][:160]}); "
                               f"the file is truncated or corrupt") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError ... on damaged files
         first = (str(e).splitlines() or [""])[0][:160]
