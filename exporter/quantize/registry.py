@@ -36,6 +36,8 @@ class QuantJob:
         float_ops: sensitive op kinds (of `SENSITIVE_OPS`) to keep in float.
         metadata: key/values to embed in the artifact.
         out: where to write the quantized artifact.
+        layout: the artifact's input layout (``NCHW``, or ``NHWC`` for tflite); calibration
+            inputs are NCHW and quantizers transpose them as needed.
     """
 
     fp32_path: Path
@@ -46,6 +48,7 @@ class QuantJob:
     float_ops: tuple[str, ...]
     metadata: dict[str, str]
     out: Path
+    layout: str = "NCHW"
 
 
 Quantizer = Callable[[QuantJob], None]

@@ -1,0 +1,156 @@
+"""Core ML precisions with `coremltools.optimize.coreml`, from the validated FP32 `.mlpackage`
+(fp16 is converted again from the static module with ``compute_precision=FLOAT16``):
+fp16, int8-weights (per-channel symmetric int8 weights), palettized (6-bit k-means weight
+palettes) and int8 (W8A8: weights plus activations from calibration data).
+
+Core ML predicts only on macOS, so accuracy is measured on the same quantization simulated in
+PyTorch: the artifact's own compressed weights, decompressed by coremltools
+(`decompress_weights`), are loaded into the variant's PyTorch module; fp16 runs the module in
+float16. int8 activation calibration (`linear_quantize_activations`) runs the model to collect
+ranges, which coremltools does only through macOS's Core ML, so int8 is left out off macOS,
+with that reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporter.formats.base import quiet
+from exporter.quantize.registry import Precision, QuantJob, register
+
+PALETTE_BITS = 6  # Apple's guidance: 6-bit palettes keep accuracy close to fp16 for most models
+_SUFFIXES = ("_quantized", "_palettized", "_to_fp16")
+
+
+def _mlmodel(path: Path):
+    import coremltools as ct
+
+    return ct.models.MLModel(str(path), skip_model_load=True)
+
+
+def _save(model, job: QuantJob, precision: str) -> None:
+    model.user_defined_metadata["slimvit.precision"] = precision
+    model.save(str(job.out))
+
+
+def _compress(job: QuantJob, op_config, precision: str) -> None:
+    import coremltools.optimize as cto
+
+    with quiet():
+        config = cto.coreml.OptimizationConfig(global_config=op_config)
+        if precision == "palettized":
+            model = cto.coreml.palettize_weights(_mlmodel(job.fp32_path), config)
+        else:
+            model = cto.coreml.linear_quantize_weights(_mlmodel(job.fp32_path), config)
+        _save(model, job, precision)
+
+
+def quantize_int8_weights(job: QuantJob) -> None:
+    import coremltools.optimize as cto
+
+    _compress(job, cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric",
+                                                      granularity="per_channel"), "int8-weights")
+
+
+def quantize_palettized(job: QuantJob) -> None:
+    import coremltools.optimize as cto
+
+    _compress(job, cto.coreml.OpPalettizerConfig(mode="kmeans", nbits=PALETTE_BITS), "palettized")
+
+
+def quantize_fp16(job: QuantJob) -> None:
+    from exporter.formats.coreml import CoreMLFormat
+
+    CoreMLFormat(job.layout).export(job.module, job.example, job.out,
+                                    {**job.metadata, "slimvit.precision": "fp16"})
+
+
+def quantize_int8(job: QuantJob) -> None:
+    import coremltools.optimize as cto
+
+    if job.calibration is None:
+        raise ValueError("W8A8 int8 needs calibration inputs")
+    if sys.platform != "darwin":
+        raise RuntimeError("coremltools collects activation ranges for W8A8 by running the model "
+                           "(linear_quantize_activations), which needs macOS; export int8 on a Mac")
+    with quiet():
+        config = cto.coreml.OptimizationConfig(
+            global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric"))
+        samples = [{"pixel_values": job.calibration[i:i + 1]} for i in range(len(job.calibration))]
+        a8 = cto.coreml.linear_quantize_activations(_mlmodel(job.fp32_path), config, samples)
+        w8a8 = cto.coreml.linear_quantize_weights(a8, cto.coreml.OptimizationConfig(
+            global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric",
+                                                             granularity="per_channel")))
+        _save(w8a8, job, "int8")
+
+
+def artifact_weights(path: Path) -> dict[str, np.ndarray]:
+    """The weights of a (compressed) `.mlpackage`, decompressed to float, by const name."""
+    import coremltools.optimize as cto
+
+    from exporter.formats.coreml import program_info
+
+    with quiet(), tempfile.TemporaryDirectory() as work:
+        dense = cto.coreml.decompress_weights(_mlmodel(path))
+        dense.save(str(Path(work) / "dense.mlpackage"))
+        consts = program_info(Path(work) / "dense.mlpackage").consts
+    out = {}
+    for name, value in consts.items():
+        for suffix in _SUFFIXES:
+            name = name.removesuffix(suffix)
+        out[name] = value
+    return out
+
+
+def module_with_artifact_weights(module: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """A copy of ``module`` holding the artifact's decompressed weights (every one must be found)."""
+    consts = artifact_weights(path)
+    state, missing = {}, []
+    for name, tensor in module.state_dict().items():
+        value = consts.get("p_" + name.replace(".", "_"))
+        if value is None or value.shape != tuple(tensor.shape):
+            missing.append(name)
+            continue
+        state[name] = torch.from_numpy(np.asarray(value, dtype=np.float32))
+    if missing:
+        raise RuntimeError(f"weights not found in {path.name}: {', '.join(missing[:5])}")
+    sim = copy.deepcopy(module).eval()
+    sim.load_state_dict(state)
+    return sim
+
+
+def simulate_weights(job: QuantJob, inputs: np.ndarray) -> np.ndarray:
+    sim = module_with_artifact_weights(job.module, job.out)
+    with torch.no_grad():
+        return sim(torch.from_numpy(inputs)).numpy()
+
+
+def simulate_fp16(job: QuantJob, inputs: np.ndarray) -> np.ndarray:
+    sim = module_with_artifact_weights(job.module, job.out).half()
+    with torch.no_grad():
+        return sim(torch.from_numpy(inputs).half()).float().numpy()
+
+
+_WEIGHTS = ("PyTorch with the artifact's weights decompressed by coremltools "
+            "(Core ML does not run off macOS)")
+FP16 = register(Precision("fp16", "coreml", "ML Program with float16 weights and compute",
+                          calibrated=False, min_agreement=0.97, quantize=quantize_fp16,
+                          simulate=simulate_fp16, simulation=f"float16 {_WEIGHTS}"))
+INT8_WEIGHTS = register(Precision("int8-weights", "coreml", "per-channel symmetric int8 weights "
+                                  "(linear_quantize_weights), float activations", calibrated=False,
+                                  min_agreement=0.8, quantize=quantize_int8_weights,
+                                  simulate=simulate_weights, simulation=_WEIGHTS))
+PALETTIZED = register(Precision("palettized", "coreml", f"{PALETTE_BITS}-bit k-means weight palettes "
+                                "(palettize_weights), float activations", calibrated=False,
+                                min_agreement=0.8, quantize=quantize_palettized,
+                                simulate=simulate_weights, simulation=_WEIGHTS))
+INT8 = register(Precision("int8", "coreml", "W8A8: int8 activations from calibration "
+                          "(linear_quantize_activations) and per-channel int8 weights",
+                          calibrated=True, min_agreement=0.8, quantize=quantize_int8,
+                          simulate=simulate_weights, simulation=_WEIGHTS))
