@@ -92,7 +92,7 @@ def _litert_load(path: Path, threads: int) -> Invoke:
 
 
 def _random_input(shape: list, dtype: type) -> np.ndarray:
-    dims = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
+    dims = [int(d) if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in shape]  # dynamic -> 1
     x = np.random.default_rng(0).standard_normal(dims)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)

@@ -1,0 +1,141 @@
+"""Profiling: every artifact measured in its own process, results and Pareto fronts in the manifest."""
+
+import importlib.metadata
+import json
+import sys
+
+import onnxruntime as ort
+import pytest
+
+from exporter.manifest import read_manifest, validate_manifest
+from exporter.pareto import bundle_fronts
+from exporter.profile import RUNTIMES, ProfileError, host_device, profile_bundle, run_worker, usable_cores
+from tests.profiled_bundle import TFLITE, copy_bundle, profiled_bundle
+
+LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "load_ms", "first_ms", "peak_mb", "runs", "threads",
+                "runtime", "runtime_version", "source"}
+
+
+def test_every_onnx_and_tflite_artifact_gets_latency_under_this_host():
+    bundle, manifest = profiled_bundle()
+    dev, device = host_device()
+    arts = [(v["id"], a) for v in manifest["variants"] for a in v["artifacts"]]
+    assert len(arts) == 4 and {a["format"] for _, a in arts} == {"onnx", "tflite"}
+    for vid, a in arts:
+        lat = a["latency"][dev]
+        assert set(lat) == LATENCY_KEYS
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+        assert lat["load_ms"] > 0 and lat["first_ms"] > 0
+        assert lat["runs"] == 5 and lat["threads"] == 1 and lat["source"] == "slimvit profile"
+        # Loading a model grows the fresh worker's RSS by at least the file size.
+        assert lat["peak_mb"] >= a["bytes"] / 2**20
+        expected = (("onnxruntime", ort.__version__) if a["format"] == "onnx"
+                    else ("litert", importlib.metadata.version("ai-edge-litert")))
+        assert (lat["runtime"], lat["runtime_version"]) == expected
+    assert manifest["devices"][dev] == device and device["cores"] == usable_cores()
+    assert read_manifest(bundle) == manifest  # written, and valid against the schema
+    assert set(manifest["pareto"]) == {"macs", dev}
+
+
+def test_bigger_variants_are_slower_on_this_host():
+    _, manifest = profiled_bundle()
+    dev, _ = host_device()
+    p50 = {v["id"]: v["artifacts"][0]["latency"][dev]["p50_ms"] for v in manifest["variants"]}
+    assert p50["w16_k100_r32"] < p50["w64_k100_r32"]
+
+
+def test_rerun_replaces_only_this_devices_entries(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    manifest = read_manifest(bundle)
+    other = {"p50_ms": 9.5, "runtime": "litert", "source": "device report"}
+    manifest["variants"][0]["artifacts"][0]["latency"] = {"pixel-7": other}
+    manifest["devices"] = {"pixel-7": {"name": "Pixel 7", "kind": "phone"}}
+    from exporter.manifest import write_manifest
+
+    write_manifest(bundle, manifest)
+    first = profile_bundle(bundle, ["onnxruntime"], runs=3, warmup=0, device_id="ci-host")
+    second = profile_bundle(bundle, ["onnxruntime"], runs=4, warmup=0, device_id="ci-host")
+    art = second["variants"][0]["artifacts"][0]
+    assert art["latency"]["pixel-7"] == other
+    assert art["latency"]["ci-host"]["runs"] == 4
+    assert first["variants"][0]["artifacts"][0]["latency"]["ci-host"]["runs"] == 3
+    assert set(second["devices"]) == {"pixel-7", "ci-host"}
+    # --runtime onnxruntime leaves the TFLite artifact unmeasured
+    (tfl,) = [a for v in second["variants"] for a in v["artifacts"] if a["format"] == "tflite"]
+    assert "latency" not in tfl
+
+
+def test_worker_measures_tflite_with_litert_in_a_fresh_process():
+    result = run_worker(TFLITE, RUNTIMES["litert"], threads=1, runs=5, warmup=1)
+    assert result["runtime"] == "litert" and result["runs"] == 5
+    assert 0 < result["p50_ms"] <= result["p99_ms"] and result["peak_mb"] > 0
+
+
+def test_bad_input_is_reported_before_anything_runs(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    before = (bundle / "manifest.json").read_bytes()
+    with pytest.raises(ProfileError, match="--runs must be >= 1"):
+        profile_bundle(bundle, runs=0)
+    with pytest.raises(Exception, match='did you mean "onnxruntime"'):
+        profile_bundle(bundle, ["onnxrt"])
+    with pytest.raises(ProfileError, match="--device-id"):
+        profile_bundle(bundle, device_id="macs")
+    (bundle / "tflite" / "w32_k100_r32.fp32.tflite").unlink()
+    with pytest.raises(ProfileError, match="missing; re-export"):
+        profile_bundle(bundle, ["litert"])
+    assert (bundle / "manifest.json").read_bytes() == before
+
+
+def test_a_bundle_without_runnable_artifacts_says_which_formats_run(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    manifest = read_manifest(bundle)
+    for v in manifest["variants"]:
+        v["artifacts"] = [a for a in v["artifacts"] if a["format"] != "tflite"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ProfileError, match=r"no artifact that litert can run \(formats here: onnx; "
+                                           r"onnxruntime runs onnx, litert runs tflite\)"):
+        profile_bundle(bundle, ["litert"])
+
+
+def test_fronts_drop_dominated_variants_per_device_and_precision():
+    def art(prec, acc, p50=None):
+        a = {"format": "onnx", "precision": prec, "accuracy": {"top1": acc}}
+        return a | ({"latency": {"phone": {"p50_ms": p50}}} if p50 is not None else {})
+
+    manifest = {"variants": [
+        {"id": "a", "macs": 10, "artifacts": [art("fp32", 0.50, 4.0), art("int8", 0.45, 1.0)]},
+        {"id": "b", "macs": 20, "artifacts": [art("fp32", 0.70, 3.0), art("int8", 0.69, 2.0)]},
+        {"id": "c", "macs": 30, "artifacts": [art("fp32", 0.60, 5.0)]},   # dominated by b
+        {"id": "d", "macs": 40, "artifacts": [art("fp32", 0.80, 6.0)]},
+        {"id": "e", "macs": 5, "artifacts": [{"format": "onnx", "precision": "fp32"}]},  # no accuracy
+    ]}
+    fronts = bundle_fronts(manifest)
+    assert fronts["macs"] == {"fp32": ["a", "b", "d"], "int8": ["a", "b"]}
+    # On the phone b is faster than a and more accurate, so a drops out of the fp32 front.
+    assert fronts["phone"] == {"fp32": ["b", "d"], "int8": ["a", "b"]}
+
+
+def test_pareto_section_follows_the_manifest_schema():
+    bundle, manifest = profiled_bundle()
+    bad = json.loads(json.dumps(manifest))
+    bad["pareto"]["macs"]["fp32"] = []
+    bad["devices"]["macs"] = {"name": "x"}
+    with pytest.raises(Exception, match="2 problem"):
+        validate_manifest(bad)
+
+
+def test_cli_profile_prints_the_table_and_exits_2_on_bad_input(tmp_path, capsys, monkeypatch):
+    from exporter.cli import main
+
+    bundle = copy_bundle(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["slimvit", "profile", str(bundle), "--runtime", "onnxruntime",
+                                      "--runs", "3", "--warmup", "0", "--device-id", "cli-host"])
+    main()
+    out = capsys.readouterr().out
+    assert "latency on cli-host" in out and all(v in out for v in ("w16_k100_r32", "w64_k100_r32"))
+    assert all("cli-host" in a.get("latency", {}) for v in read_manifest(bundle)["variants"]
+               for a in v["artifacts"] if a["format"] == "onnx")
+    monkeypatch.setattr(sys, "argv", ["slimvit", "profile", str(bundle), "--runtime", "tflite"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2 and 'did you mean "litert"' in capsys.readouterr().err
