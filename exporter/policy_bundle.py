@@ -182,7 +182,13 @@ def bundle_policy(manifest: Mapping[str, Any], user: str | Path | Mapping[str, A
     if doc is None:
         policy = default_policy(manifest)
     else:
-        policy = merge(default_policy(manifest, doc.get("tiers")), doc)
+        ids = [v["id"] for v in manifest["variants"]]
+        tiers = doc.get("tiers")
+        for t in tiers if isinstance(tiers, list) else []:
+            if t not in ids:
+                raise PolicyError(f'policy tier "{t}" is not a variant of this bundle'
+                                  f"{did_you_mean(str(t), ids)}; variants: {', '.join(ids)}")
+        policy = merge(default_policy(manifest, tiers if isinstance(tiers, list) else None), doc)
     check_policy(policy, manifest)
     return policy
 
