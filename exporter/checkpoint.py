@@ -23,6 +23,7 @@ from exporter.model import SlimmableViT
 FORMAT_TAG = "slimvit"
 FORMAT_VERSION = "1"
 MAX_HEADER_BYTES = 16 << 20  # a safetensors header larger than this is refused
+RESIZE_MODES = ("bilinear", "bicubic", "nearest", "area")
 
 
 @dataclass
@@ -109,18 +110,54 @@ def load_slimvit(path: Path, **_: object) -> LoadedModel:
     if meta.get("format") != FORMAT_TAG:
         raise CheckpointError(f"{path}: not a slimvit checkpoint (no slimvit metadata); pass "
                               f"--checkpoint-format to read it as another format")
+    if "structure" in meta:  # a searched non-uniform model (ViT-Slim, `slimvit search`)
+        from exporter.vitslim import load_searched
+
+        return load_searched(path, tensors, meta)
     try:
-        cfg = ViTConfig.from_dict(json.loads(meta["config"]))
-        labels = json.loads(meta.get("labels", "null"))
-        pre = json.loads(meta.get("preprocess", "{}"))
-    except (KeyError, json.JSONDecodeError) as e:
+        raw_cfg = _meta_json(meta, "config", None, dict)
+        labels = _meta_json(meta, "labels", None, list)
+        pre = _meta_json(meta, "preprocess", {}, dict) or {}
+        if raw_cfg is None:
+            raise ValueError('no "config" entry')
+        cfg = ViTConfig.from_dict(raw_cfg)
+        if labels is not None and not all(isinstance(x, str) for x in labels):
+            raise ValueError('"labels" must be a list of strings')
+        preprocess = Preprocess(tuple(pre.get("mean", (0.5,) * 3)), tuple(pre.get("std", (0.5,) * 3)),
+                                pre.get("resize", "bilinear"))
+        numbers = (*preprocess.mean, *preprocess.std)
+        if len(preprocess.mean) != cfg.in_chans or not all(type(v) in (int, float) for v in numbers):
+            raise ValueError(f'"preprocess" needs {cfg.in_chans} numeric mean and std values')
+        if preprocess.resize not in RESIZE_MODES:
+            raise ValueError(f'"preprocess" resize must be one of {RESIZE_MODES}')
+        _check_size(cfg, tensors)
+        model = SlimmableViT(cfg)  # a config of the wrong types (true for an int) fails here
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: slimvit metadata holds a bad config: {e}") from None
+    except (ValueError, TypeError) as e:  # a hostile or damaged header, not a config we wrote
         raise CheckpointError(f"{path}: slimvit metadata is damaged ({e})") from None
-    model = SlimmableViT(cfg)
     load_tensors(model, tensors, path)
-    preprocess = Preprocess(tuple(pre.get("mean", (0.5,) * 3)), tuple(pre.get("std", (0.5,) * 3)),
-                            pre.get("resize", "bilinear"))
     return LoadedModel(model.eval(), path.stem, FORMAT_TAG,
                        labels or [str(i) for i in range(cfg.num_classes)], preprocess)
+
+
+def _check_size(cfg: ViTConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a config far bigger than the weights before allocating it: a hostile header could
+    otherwise ask for terabytes (the exact shape check follows in `load_tensors`)."""
+    expected = cfg.depth * (4 + 2 * cfg.mlp_ratio) * cfg.embed_dim ** 2
+    have = sum(t.numel() for t in tensors.values())
+    if expected > 4 * have + 1_000_000:
+        raise ValueError(f"the config describes ~{expected:.3g} parameters but the file holds {have}")
+
+
+def _meta_json(meta: dict[str, str], key: str, default: object, kind: type) -> object:
+    """A JSON value stored as a string in the safetensors metadata, of the expected type."""
+    if key not in meta:
+        return default
+    value = json.loads(meta[key])  # JSONDecodeError is a ValueError
+    if value is not None and not isinstance(value, kind):
+        raise ValueError(f'"{key}" must be a JSON {kind.__name__}, not {type(value).__name__}')
+    return value
 
 
 def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
