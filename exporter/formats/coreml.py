@@ -65,8 +65,8 @@ class CoreMLFormat(ExportFormat):
                 program = torch.export.export(module, (x,)).run_decompositions({})
                 mlmodel = ct.convert(
                     program, convert_to="mlprogram",
-                    inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(x.shape))],
-                    outputs=[ct.TensorType(name=OUTPUT_NAME)],
+                    inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(x.shape), dtype=np.float32)],
+                    outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
                     compute_precision=getattr(ct.precision, PRECISIONS[precision]),
                     minimum_deployment_target=getattr(ct.target, self.deployment_target),
                 )
