@@ -1,7 +1,6 @@
 """The switching policy: engine rules, hysteresis, the default policy, user overrides, vectors."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.policy import DeviceState, Policy, PolicyError, decide, target
-from exporter.policy_bundle import bundle_policy, default_policy, manifest_tiers, select
+from exporter.policy_bundle import bundle_policy, default_policy, manifest_tiers
 from exporter.policy_vectors import (
     REFERENCE_VARIANTS,
     check_vectors,
@@ -65,7 +64,7 @@ def test_critical_heat_runs_the_cheapest_and_a_cool_charging_device_the_best(pol
 
 
 def test_caps_and_boundaries(policy):
-    assert target(policy, state(battery=50)) [:2] == (3, "battery")  # >= 50 is the top band
+    assert target(policy, state(battery=50))[:2] == (3, "battery")  # >= 50 is the top band
     assert target(policy, state(battery=49.99))[:2] == (2, "battery")
     assert target(policy, state(battery=20))[:2] == (2, "battery")
     assert target(policy, state(battery=19.5))[:2] == (0, "battery")
