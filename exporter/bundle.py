@@ -64,13 +64,16 @@ def evaluate_artifact(fmt: ExportFormat, path: Path, reference: torch.nn.Module,
 def variant_entry(loaded: LoadedModel, s: Subnet) -> dict[str, Any]:
     spec = static_spec(loaded.model, s)
     cfg = loaded.model.cfg
-    return {
+    entry = {
         "id": s.id, "width": round(s.width, 6), "embed_dim": s.embed_dim, "num_heads": s.num_heads,
         "head_dim": s.head_dim, "mlp_hidden": s.mlp_hidden, "depth": cfg.depth,
         "keep_rate": s.keep_rate, "resolution": s.resolution, "channels": s.channels,
         "input_shape": [1, cfg.in_chans, s.resolution, s.resolution], "tokens": list(s.tokens),
         "params": param_count(spec), "macs": mac_count(spec), "artifacts": [],
     }
+    if getattr(loaded.model, "structure", None) is not None:  # ViT-Slim: sizes differ per layer
+        entry["structure"] = loaded.model.structure.describe()
+    return entry
 
 
 def artifact_metadata(loaded: LoadedModel, s: Subnet, layout: str = "NCHW") -> dict[str, str]:
@@ -171,6 +174,8 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
     fmts = [get_format(f, **_format_options(f, nhwc, format_options)) for f in dict.fromkeys(formats)]
     policy = user_policy(policy)  # a bad policy file fails before any export work
     subnets = grid.subnets(loaded.model.cfg)
+    if getattr(loaded.model, "structure", None) is not None:  # a searched model: its one structure
+        subnets = loaded.model.subnets(grid)
     if eval_set is not None and len(eval_set.class_names) not in (0, loaded.model.cfg.num_classes):
         raise ConfigError(f"evaluation set has {len(eval_set.class_names)} classes but the model "
                           f"has {loaded.model.cfg.num_classes}")
