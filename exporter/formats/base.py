@@ -74,7 +74,8 @@ def converter_error(fmt: str, metadata: Mapping[str, str], error: BaseException)
     return ExportError(f"{variant}: the {fmt} converter cannot handle {what}: {first}")
 
 
-_OP_PATTERNS = (r"Unsupported fx node (\w+)", r"aten[.:]+(\w+)", r"op(?:eration)? ['\"`]?([\w.:]+)['\"`]?", r"ops \[['\"]?([\w.:]+)")
+_OP_PATTERNS = (r"Unsupported fx node (\w+)", r"aten[.:]+(\w+)",
+                r"op(?:eration)? ['\"`]?([\w.:]+)['\"`]?", r"ops \[['\"]?([\w.:]+)")
 
 
 def _op_name(text: str) -> str | None:
