@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test test-py lint clean bench
+.PHONY: install demo test test-py test-kotlin lint clean bench
 
 install: $(STAMP)
 
@@ -21,10 +21,25 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/slimvit demo --out demo_out
 
-test: test-py
+test: test-py test-kotlin
 
 test-py: install
 	$(BIN)/python -m pytest -q tests
+
+# The Android app's pure policy module, compiled with Debian's kotlinc and run on the JVM
+# against the shared conformance vectors.
+KOTLIN_SRC := $(wildcard android_demo/policy/src/main/kotlin/dev/slimvit/policy/*.kt) \
+	android_demo/policy/src/test/kotlin/dev/slimvit/policy/Conformance.kt
+KOTLIN_JAR := build/kotlin/policy-conformance.jar
+
+test-kotlin: $(KOTLIN_JAR)
+	java -jar $(KOTLIN_JAR) conformance/policy_vectors.json
+
+$(KOTLIN_JAR): $(KOTLIN_SRC)
+	command -v kotlinc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin)
+	mkdir -p $(dir $@) && rm -f $@
+	kotlinc $(KOTLIN_SRC) -include-runtime -nowarn -d $@ 2>&1 | grep -v "^OpenJDK.*deprecated" || true
+	test -f $@
 
 lint: install
 	$(BIN)/ruff check .
