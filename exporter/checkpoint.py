@@ -111,7 +111,7 @@ def load_slimvit(path: Path, **_: object) -> LoadedModel:
         raise CheckpointError(f"{path}: not a slimvit checkpoint (no slimvit metadata); pass "
                               f"--checkpoint-format to read it as another format")
     if "structure" in meta:  # a searched non-uniform model (ViT-Slim, `slimvit search`)
-        from exporter.vitslim import load_searched
+        from exporter.searched import load_searched
 
         return load_searched(path, tensors, meta)
     try:

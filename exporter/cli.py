@@ -499,6 +499,55 @@ def report(
         console.print(f"chart:  {path}")
 
 
+@app.command()
+def search(
+    checkpoint: CheckpointArg,
+    budget_macs: Annotated[float, typer.Option("--budget-macs", help="MAC budget as a fraction of the full model.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the searched checkpoint.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="'builtin', an image folder or an .npz.")] = "builtin",
+    search_epochs: Annotated[int, typer.Option("--search-epochs", help="Epochs of mask learning.")] = 4,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Epochs of fine-tuning.")] = 4,
+    limit: Annotated[int, typer.Option("--limit", help="Use only the first N samples (0: all).")] = 0,
+) -> None:
+    """ViT-Slim: search a non-uniform structure within a MAC budget, fine-tune it, save it."""
+    from exporter.vitslim import SearchConfig, run_search
+
+    cfg = SearchConfig(budget_macs=budget_macs, search_epochs=search_epochs, finetune_epochs=finetune_epochs)
+    result = run_search(checkpoint, budget_macs, out, dataset, cfg, limit,
+                        log=lambda r: console.print(f"{r['stage']} epoch {r['epoch']}: loss {r['loss']:.3f}"))
+    table = Table(title=f"searched structure: {result.macs_fraction:.3f} of the full MACs")
+    for col in ("layer", "heads", "head dim", "MLP hidden"):
+        table.add_column(col, justify="right")
+    for i, d in enumerate(result.model.structure.layer_dims()):
+        table.add_row(str(i), str(d.num_heads), str(d.head_dim), str(d.mlp_hidden))
+    out_console.print(table)
+    kept = len(result.model.structure.token_positions)
+    top1 = "" if result.top1 is None else f", held-out top-1 {100 * result.top1:.1f}%"
+    console.print(f"tokens kept: {kept}{top1}\ncheckpoint: {result.checkpoint}", highlight=False)
+
+
+bundle_app = typer.Typer(no_args_is_help=True, help="Install a bundle into the demo apps.")
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("install-android")
+def bundle_install_android(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+                           sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
+    """Verify BUNDLE and copy it (TFLite artifacts) into android_demo's assets."""
+    from exporter.install import install_bundle
+
+    out_console.print(f"installed {install_bundle(bundle, 'android', sample=sample)}")
+
+
+@bundle_app.command("install-ios")
+def bundle_install_ios(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+                       sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
+    """Verify BUNDLE and copy it (Core ML artifacts) into ios_demo's resources."""
+    from exporter.install import install_bundle
+
+    out_console.print(f"installed {install_bundle(bundle, 'ios', sample=sample)}")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -15,25 +15,26 @@ a physically smaller static model.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from calibration.data import ImageSet, Preprocess
-from exporter.config import Subnet, Variant, VariantGrid, ViTConfig
+from calibration.data import Preprocess
+from exporter.config import Variant, ViTConfig
 from exporter.cost import mac_count
 from exporter.errors import ConfigError
-from exporter.extract import variant_state_dict
 from exporter.model import SlimmableViT, attention
-from exporter.static import LayerDims, StaticSpec, StaticViT
+from exporter.searched import (NonUniformViT, Structure, extract_structure, full_macs, load_searched,
+                               save_searched, structure_spec)
+
+__all__ = ["Masks", "NonUniformViT", "SearchConfig", "SearchData", "SearchResult", "Structure",
+           "extract_structure", "learn_masks", "load_searched", "masked_forward", "run_search",
+           "save_searched", "search", "search_data", "structure_at", "structure_for_budget"]
 
 
 @dataclass(frozen=True)
@@ -58,71 +59,6 @@ class SearchConfig:
                 raise ConfigError(f'"{name}" must be an integer >= 0, but got {getattr(self, name)!r}')
         if self.batch_size < 1 or self.lr <= 0 or self.mask_lr <= 0 or self.l1 < 0:
             raise ConfigError("batch_size, lr and mask_lr must be positive and l1 >= 0")
-
-
-# --------------------------------------------------------------------------- structure
-
-
-@dataclass(frozen=True)
-class Structure:
-    """A searched structure: per layer the kept heads, the kept dims of each kept head (the
-    same count within a layer), the kept MLP units; and the kept patch positions."""
-
-    heads: tuple[tuple[int, ...], ...]
-    head_dims: tuple[tuple[tuple[int, ...], ...], ...]
-    mlp_units: tuple[tuple[int, ...], ...]
-    token_positions: tuple[int, ...]
-
-    def layer_dims(self) -> tuple[LayerDims, ...]:
-        return tuple(LayerDims(len(h), len(d[0]), len(u))
-                     for h, d, u in zip(self.heads, self.head_dims, self.mlp_units, strict=True))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"heads": [list(h) for h in self.heads],
-                "head_dims": [[list(d) for d in layer] for layer in self.head_dims],
-                "mlp_units": [list(u) for u in self.mlp_units],
-                "token_positions": list(self.token_positions)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Structure:
-        return cls(tuple(tuple(h) for h in d["heads"]),
-                   tuple(tuple(tuple(x) for x in layer) for layer in d["head_dims"]),
-                   tuple(tuple(u) for u in d["mlp_units"]), tuple(d["token_positions"]))
-
-    def describe(self) -> dict[str, Any]:
-        """The manifest's ``structure``: sizes per layer and the kept token positions."""
-        return {"method": "vitslim",
-                "layers": [dataclasses.asdict(dims) for dims in self.layer_dims()],
-                "token_positions": list(self.token_positions)}
-
-
-def structure_spec(cfg: ViTConfig, st: Structure) -> StaticSpec:
-    """The static spec of a structure (full embed dim, img_size, no token pruning)."""
-    dims = st.layer_dims()
-    grid = (cfg.img_size // cfg.patch_size) ** 2
-    return StaticSpec(
-        embed_dim=cfg.embed_dim, num_heads=max(d.num_heads for d in dims),
-        head_dim=max(d.head_dim for d in dims), mlp_hidden=max(d.mlp_hidden for d in dims),
-        depth=cfg.depth, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
-        num_classes=cfg.num_classes, resolution=cfg.img_size,
-        num_prefix_tokens=cfg.num_prefix_tokens, keeps=(None,) * cfg.depth, ln_eps=cfg.ln_eps,
-        qkv_bias=cfg.qkv_bias, distilled=cfg.distilled, layers=dims,
-        # keeping every position needs no selection
-        token_positions=None if st.token_positions == tuple(range(grid)) else st.token_positions)
-
-
-def full_structure(cfg: ViTConfig) -> Structure:
-    """Everything kept: the structure of the unpruned model."""
-    heads = tuple(range(cfg.num_heads))
-    dims = tuple(tuple(range(cfg.head_dim)) for _ in heads)
-    return Structure((heads,) * cfg.depth, (dims,) * cfg.depth,
-                     (tuple(range(cfg.mlp_hidden)),) * cfg.depth,
-                     tuple(range((cfg.img_size // cfg.patch_size) ** 2)))
-
-
-def full_macs(cfg: ViTConfig) -> int:
-    """MACs of the unpruned model at ``img_size``, all tokens: what a budget is a fraction of."""
-    return mac_count(structure_spec(cfg, full_structure(cfg)))
 
 
 def _top(scores: Tensor, k: int) -> tuple[int, ...]:
@@ -224,18 +160,54 @@ def masked_forward(model: SlimmableViT, masks: Masks, x: Tensor,
     return model.forward_head(model.norm(x), s)
 
 
-def _batches(data: ImageSet, pre: Preprocess, res: int, batch: int, gen: torch.Generator):
-    order = torch.randperm(len(data), generator=gen)
-    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
-    for i in range(0, len(data), batch):
-        idx = order[i:i + batch]
-        yield pre(images[idx], res), labels[idx]
+@dataclass(frozen=True)
+class SearchData:
+    """Model inputs at ``img_size`` (already preprocessed) and their labels (None: the task
+    loss is the KL to the unpruned model)."""
+
+    name: str
+    inputs: Tensor  # (N, C, R, R)
+    labels: Tensor | None
+
+    def batches(self, size: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor | None]]:
+        order = torch.randperm(len(self.inputs), generator=gen)
+        for i in range(0, len(order), size):
+            idx = order[i:i + size]
+            yield self.inputs[idx], None if self.labels is None else self.labels[idx]
 
 
-def learn_masks(model: SlimmableViT, data: ImageSet, pre: Preprocess, cfg: SearchConfig,
+def search_data(dataset: str | Path, pre: Preprocess, resolution: int, limit: int = 0) -> SearchData:
+    """``builtin`` (the digits training split) or a directory / ``.npz`` as calibration reads
+    them (labels from ImageFolder class folders or the npz's ``y``); ``limit`` > 0 keeps the
+    first ``limit`` samples.
+
+    Raises:
+        CalibrationError: a missing or empty source, wrong shape, channels or value range.
+    """
+    from calibration.sources import load_calibration
+
+    source = load_calibration(dataset, pre, samples=10 ** 9, seed=0)
+    n = limit or len(source)
+    x = torch.from_numpy(source.inputs(pre, resolution))[:n]
+    y = None if source.labels is None else torch.as_tensor(source.labels, dtype=torch.long)[:n]
+    return SearchData(str(dataset), x, y)
+
+
+def _task_loss(logits: Tensor, y: Tensor | None, teacher: nn.Module, x: Tensor) -> Tensor:
+    """Cross-entropy with labels, plus (or, without labels, only) the KL to the teacher."""
+    with torch.no_grad():
+        target = teacher(x).log_softmax(-1)
+    loss = F.kl_div(logits.log_softmax(-1), target, log_target=True, reduction="batchmean")
+    return loss if y is None else loss + F.cross_entropy(logits, y)
+
+
+def learn_masks(model: SlimmableViT, data: SearchData, cfg: SearchConfig,
                 log: Callable[[dict], None] | None = None) -> Masks:
-    """Train soft masks and the weights of ``model`` (in place) with cross-entropy plus an L1
-    penalty on the masks; returns the masks."""
+    """Train soft masks and the weights of ``model`` (in place) with cross-entropy (KL to the
+    model as it was, without labels) plus an L1 penalty on the masks; returns the masks."""
+    import copy
+
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
     masks = Masks(model.cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW([{"params": model.parameters(), "lr": cfg.lr},
@@ -243,8 +215,10 @@ def learn_masks(model: SlimmableViT, data: ImageSet, pre: Preprocess, cfg: Searc
     model.train()
     for epoch in range(cfg.search_epochs):
         t0, total, n = time.time(), 0.0, 0
-        for x, y in _batches(data, pre, model.cfg.img_size, cfg.batch_size, gen):
-            loss = F.cross_entropy(masked_forward(model, masks, x), y) + cfg.l1 * masks.l1()
+        for x, y in data.batches(cfg.batch_size, gen):
+            logits = masked_forward(model, masks, x)
+            task = F.cross_entropy(logits, y) if y is not None else _task_loss(logits, None, teacher, x)
+            loss = task + cfg.l1 * masks.l1()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -256,102 +230,17 @@ def learn_masks(model: SlimmableViT, data: ImageSet, pre: Preprocess, cfg: Searc
     return masks
 
 
-# --------------------------------------------------------------------------- the searched model
-
-
-@torch.no_grad()
-def extract_structure(model: SlimmableViT, st: Structure) -> StaticViT:
-    """Index-select the weights of ``st`` from ``model`` into a fresh `StaticViT` whose output
-    equals `masked_forward` with 0/1 masks of the structure and its positions."""
-    cfg = model.cfg
-    full = variant_state_dict(model, model.subnet(Variant(1.0, 1.0, cfg.img_size)))  # q pre-scaled
-    D, hd = cfg.embed_dim, cfg.head_dim
-    sd = dict(full)
-    sd["pos_embed"] = full["pos_embed"][:, list(st.token_positions)]
-    for i, (heads, dims, units) in enumerate(zip(st.heads, st.head_dims, st.mlp_units, strict=True)):
-        p = f"blocks.{i}."
-        idx = torch.tensor([h * hd + j for h, ds in zip(heads, dims, strict=True) for j in ds])
-        rows = torch.cat([idx, D + idx, 2 * D + idx])
-        sd[p + "attn.qkv.weight"] = full[p + "attn.qkv.weight"][rows]
-        if p + "attn.qkv.bias" in full:
-            sd[p + "attn.qkv.bias"] = full[p + "attn.qkv.bias"][rows]
-        sd[p + "attn.proj.weight"] = full[p + "attn.proj.weight"][:, idx]
-        u = torch.tensor(units)
-        sd[p + "fc1.weight"], sd[p + "fc1.bias"] = full[p + "fc1.weight"][u], full[p + "fc1.bias"][u]
-        sd[p + "fc2.weight"] = full[p + "fc2.weight"][:, u]
-    static = StaticViT(structure_spec(cfg, st))
-    static.load_state_dict({k: v.clone().contiguous() for k, v in sd.items()}, strict=True)
-    return static.eval()
-
-
-class NonUniformViT(nn.Module):
-    """A searched model: one static structure, run and exported like a one-variant model.
-
-    ``cfg`` is the config of the model it was searched from; only ``Variant()`` (its full
-    width, all kept tokens, ``img_size``) exists, so a grid's widths and keep rates do not apply.
-    """
-
-    def __init__(self, cfg: ViTConfig, structure: Structure, budget: float) -> None:
-        super().__init__()
-        self.cfg, self.structure, self.budget = cfg, structure, budget
-        self.net = StaticViT(structure_spec(cfg, structure))
-
-    @property
-    def spec(self) -> StaticSpec:
-        return self.net.spec
-
-    def subnet(self, variant: Variant | Subnet | None = None) -> Subnet:
-        spec, cfg = self.spec, self.cfg
-        own = Subnet(embed_dim=spec.embed_dim, num_heads=spec.num_heads, head_dim=spec.head_dim,
-                     mlp_hidden=spec.mlp_hidden, channels="first", keep_rate=1.0,
-                     resolution=cfg.img_size, width=1.0, tokens=(spec.num_tokens,) * (cfg.depth + 1),
-                     name=f"vitslim_m{round(100 * self.macs_fraction)}_r{cfg.img_size}")
-        if isinstance(variant, Subnet) and variant.id == own.id:
-            return own
-        if variant is not None and (not isinstance(variant, Variant) or variant.width != 1.0
-                                    or variant.keep_rate != 1.0
-                                    or variant.resolution not in (None, cfg.img_size)):
-            raise ConfigError(f"a searched (ViT-Slim) model has one structure at {cfg.img_size} px; "
-                              f"it has no variant {variant}")
-        return own
-
-    def subnets(self, grid: VariantGrid | None = None) -> list[Subnet]:
-        """Its one subnet, whatever the grid (widths and keep rates do not apply)."""
-        return [self.subnet()]
-
-    @property
-    def macs_fraction(self) -> float:
-        return mac_count(self.spec) / full_macs(self.cfg)
-
-    def static_spec(self, s: Subnet | None = None) -> StaticSpec:
-        return self.spec
-
-    def extract(self, s: Subnet | None = None) -> StaticViT:
-        static = StaticViT(self.spec)
-        static.load_state_dict(self.net.state_dict(), strict=True)
-        return static.eval()
-
-    def forward(self, x: Tensor, variant: Variant | Subnet | None = None) -> Tensor:
-        self.subnet(variant)
-        return self.net(x)
-
-
-def finetune(net: nn.Module, teacher: SlimmableViT, data: ImageSet, pre: Preprocess, cfg: SearchConfig,
+def finetune(net: nn.Module, teacher: SlimmableViT, data: SearchData, cfg: SearchConfig,
              log: Callable[[dict], None] | None = None) -> None:
     """Briefly re-train the pruned model: cross-entropy + KL to the unpruned model."""
-    res = teacher.cfg.img_size
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr * 2, weight_decay=0.05)
     teacher.eval()
     for epoch in range(cfg.finetune_epochs):
         net.train()
         t0, total, n = time.time(), 0.0, 0
-        for x, y in _batches(data, pre, res, cfg.batch_size, gen):
-            logits = net(x)
-            with torch.no_grad():
-                target = teacher(x).log_softmax(-1)
-            loss = F.cross_entropy(logits, y) + F.kl_div(logits.log_softmax(-1), target,
-                                                         log_target=True, reduction="batchmean")
+        for x, y in data.batches(cfg.batch_size, gen):
+            loss = _task_loss(net(x), y, teacher, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -361,7 +250,7 @@ def finetune(net: nn.Module, teacher: SlimmableViT, data: ImageSet, pre: Preproc
     net.eval()
 
 
-def search(model: SlimmableViT, data: ImageSet, pre: Preprocess, cfg: SearchConfig = SearchConfig(),
+def search(model: SlimmableViT, data: SearchData, cfg: SearchConfig = SearchConfig(),
            log: Callable[[dict], None] | None = None) -> NonUniformViT:
     """Learn masks, pick the structure for ``cfg.budget_macs``, extract and fine-tune it.
 
@@ -374,43 +263,49 @@ def search(model: SlimmableViT, data: ImageSet, pre: Preprocess, cfg: SearchConf
 
     torch.manual_seed(cfg.seed)
     work = copy.deepcopy(model)
-    masks = learn_masks(work, data, pre, cfg, log)
+    masks = learn_masks(work, data, cfg, log)
     st = structure_for_budget(masks, model.cfg, cfg.budget_macs)
     searched = NonUniformViT(model.cfg, st, cfg.budget_macs)
     searched.net.load_state_dict(extract_structure(work, st).state_dict())
-    finetune(searched.net, model, data, pre, cfg, log)
+    finetune(searched.net, model, data, cfg, log)
     return searched.eval()
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-STRUCTURE_KEY = "structure"
-
-
-def save_searched(model: NonUniformViT, path: str | Path, labels: list[str], pre: Preprocess) -> Path:
-    """A slimvit `.safetensors` checkpoint of the searched model, structure in its metadata."""
-    from exporter.checkpoint import save_checkpoint
-
-    extra = {STRUCTURE_KEY: json.dumps(model.structure.to_dict()), "budget_macs": str(model.budget)}
-    return save_checkpoint(model, path, labels, pre, extra=extra)  # type: ignore[arg-type]
+@dataclass(frozen=True)
+class SearchResult:
+    checkpoint: Path
+    model: NonUniformViT
+    macs_fraction: float
+    top1: float | None  # held-out digits top-1 (builtin data only)
 
 
-def load_searched(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) -> Any:
-    """Rebuild a `NonUniformViT` from a checkpoint written by `save_searched` (called by the
-    slimvit loader when the metadata has a structure)."""
-    from exporter.checkpoint import LoadedModel, load_tensors
-    from exporter.errors import CheckpointError
+def run_search(checkpoint: str | Path, budget_macs: float, out: str | Path,
+               dataset: str | Path = "builtin", cfg: SearchConfig | None = None, limit: int = 0,
+               log: Callable[[dict], None] | None = None) -> SearchResult:
+    """`slimvit search`: load any checkpoint, search a structure for the budget on the data,
+    write ``out/<name>_slim.safetensors``.
 
-    try:
-        cfg = ViTConfig.from_dict(json.loads(meta["config"]))
-        st = Structure.from_dict(json.loads(meta[STRUCTURE_KEY]))
-        budget = float(meta.get("budget_macs", "1"))
-        labels = json.loads(meta.get("labels", "null")) or [str(i) for i in range(cfg.num_classes)]
-        pre = json.loads(meta.get("preprocess", "{}"))
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: searched-structure metadata is damaged ({e})") from None
-    model = NonUniformViT(cfg, st, budget)
-    load_tensors(model, tensors, path)
-    preprocess = Preprocess(tuple(pre.get("mean", (0.5,) * 3)), tuple(pre.get("std", (0.5,) * 3)),
-                            pre.get("resize", "bilinear"))
-    return LoadedModel(model.eval(), path.stem, "slimvit", labels, preprocess)  # type: ignore[arg-type]
+    Raises:
+        CheckpointError: the checkpoint cannot be read.
+        ConfigError: a bad budget, a searched checkpoint, or a budget below the smallest structure.
+        CalibrationError: unreadable data.
+    """
+    from calibration.data import digits
+    from exporter.checkpoint import load_model
+
+    cfg = dataclasses.replace(cfg or SearchConfig(), budget_macs=budget_macs)
+    loaded = load_model(checkpoint)
+    if not isinstance(loaded.model, SlimmableViT):
+        raise ConfigError(f"{checkpoint} is already a searched structure; search its source model")
+    model = loaded.model
+    data = search_data(dataset, loaded.preprocess, model.cfg.img_size, limit)
+    searched = search(model, data, cfg, log)
+    path = save_searched(searched, Path(out) / f"{loaded.name}_slim.safetensors", loaded.labels,
+                         loaded.preprocess)
+    top1 = None
+    if str(dataset) == "builtin" and model.cfg.num_classes == 10:
+        test = digits("test")
+        with torch.no_grad():
+            pred = searched(loaded.preprocess(test.images, model.cfg.img_size)).argmax(1)
+        top1 = float((pred.numpy() == test.labels).mean())
+    return SearchResult(path, searched, searched.macs_fraction, top1)
