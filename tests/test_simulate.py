@@ -166,3 +166,31 @@ def test_a_bundle_without_policy_is_a_clear_error(bundle, tmp_path):
     (old / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PolicyError, match="has no policy section"):
         simulate_bundle(old, TRACES / "drain_60min.csv", tmp_path / "x")
+
+
+def test_a_bad_policy_fails_before_any_export_work(tmp_path):
+    from exporter.bundle import export_bundle
+    from exporter.checkpoint import LoadedModel
+    from exporter.config import VariantGrid
+    from tests.conftest import tiny_model
+
+    loaded = LoadedModel(tiny_model(), "tiny", "slimvit", [str(i) for i in range(10)])
+    with pytest.raises(PolicyError, match='unknown policy key "hysterisis" \\(did you mean "hysteresis"'):
+        export_bundle(loaded, VariantGrid((1.0,), (1.0,)), tmp_path / "b", policy={"hysterisis": {}})
+    assert not (tmp_path / "b").exists()
+
+
+def test_policy_update_rewrites_policy_and_vectors(bundle, tmp_path):
+    import shutil
+
+    from exporter.manifest import read_manifest
+    from exporter.policy_bundle import update_policy
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    update_policy(copy, {"tiers": ["w16_k100_r32", "w64_k100_r32"], "hysteresis": {"dwell_s": 5}})
+    manifest = read_manifest(copy)
+    assert manifest["policy"]["hysteresis"]["dwell_s"] == 5
+    data = (copy / manifest["policy_vectors"]["path"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == manifest["policy_vectors"]["sha256"]
+    assert json.loads(data)["policy"] == manifest["policy"]
