@@ -204,8 +204,9 @@ def _devices_table(manifest: dict[str, Any]) -> str:
     devices = manifest.get("devices", {})
     if not devices:
         return "<p>No latency measured yet: run <code>slimvit profile</code> or <code>slimvit ingest</code>.</p>"
-    rows = "".join(f"<tr>{_cell(d)}{_cell(i.get('name', ''))}{_cell(i.get('kind', ''))}{_cell(i.get('os', ''))}"
-                   f"{_cell(i.get('soc', i.get('cpu', '')))}{_cell(i.get('cores', ''))}{_cell(i.get('source', ''))}</tr>"
+    keys = ("name", "kind", "os", "soc", "cores", "source")
+    rows = "".join(f"<tr>{_cell(d)}" + "".join(_cell(i.get(k, i.get("cpu", "") if k == "soc" else ""))
+                                               for k in keys) + "</tr>"
                    for d, i in sorted(devices.items()))
     return ("<table><tr><th>device id</th><th>name</th><th>kind</th><th>os</th><th>soc / cpu</th>"
             f"<th>cores</th><th>source</th></tr>{rows}</table>")

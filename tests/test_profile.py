@@ -19,9 +19,9 @@ LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "load_ms", "first_ms", 
 def test_every_onnx_and_tflite_artifact_gets_latency_under_this_host():
     bundle, manifest = profiled_bundle()
     dev, device = host_device()
-    arts = [(v["id"], a) for v in manifest["variants"] for a in v["artifacts"]]
-    assert len(arts) == 4 and {a["format"] for _, a in arts} == {"onnx", "tflite"}
-    for vid, a in arts:
+    arts = [a for v in manifest["variants"] for a in v["artifacts"]]
+    assert len(arts) == 4 and {a["format"] for a in arts} == {"onnx", "tflite"}
+    for a in arts:
         lat = a["latency"][dev]
         assert set(lat) == LATENCY_KEYS
         assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
