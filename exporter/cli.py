@@ -459,6 +459,15 @@ def profile(
                     "p50_ms", "p90_ms", "p99_ms", "load_ms", "first_ms")), f"{lat['peak_mb']:.1f}",
                     "yes" if front else "")
     out_console.print(table)
+    _stale_signature_note(bundle)
+
+
+def _stale_signature_note(bundle: Path) -> None:
+    from exporter.verify import SIGNATURE_NAME
+
+    if (bundle / SIGNATURE_NAME).exists():
+        console.print(f"[yellow]warning:[/] manifest.json changed, so {SIGNATURE_NAME} no longer matches it; "
+                      f"re-sign the bundle with `slimvit sign`", highlight=False)
 
 
 @app.command()
@@ -482,6 +491,8 @@ def ingest(
         console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
     console.print(f"{len(result.merged)} merged, {len(result.skipped)} skipped"
                   + ("" if result.merged else "; manifest unchanged"))
+    if result.merged:
+        _stale_signature_note(bundle)
 
 
 @app.command()
