@@ -291,9 +291,14 @@ def train(
     keep_rates: Annotated[str | None, typer.Option("--keep-rates", help="Token keep rates to train.")] = None,
     resolutions: Annotated[str | None, typer.Option("--resolutions", help="Input sizes to train.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
+    token_reducer: Annotated[str | None, typer.Option(
+        "--token-reducer", help="topk, or tsm (SiT's Token Slimming Module; with --recipe sit).")] = None,
 ) -> None:
     """Train one slimmable ViT whose every variant works (or, with --separate, one per width)."""
     from exporter.config import parse_floats, parse_ints
+
+    if recipe == "sit" or token_reducer is not None:
+        return train_sit(out, teacher, token_reducer, recipe, epochs, lr, batch_size, seed, widths, keep_rates)
     from exporter.training import SeparateResult, run_training
 
     overrides = dict(dataset=dataset, recipe=recipe, epochs=epochs, teacher=teacher, lr=lr,
@@ -557,6 +562,33 @@ def bundle_install_ios(bundle: Annotated[Path, typer.Argument(help="Bundle direc
     from exporter.install import install_bundle
 
     out_console.print(f"installed {install_bundle(bundle, 'ios', sample=sample)}")
+
+
+def train_sit(out: Path | None, teacher: str | None, token_reducer: str | None, recipe: str | None,
+              epochs: int | None, lr: float | None, batch_size: int | None, seed: int | None,
+              widths: str | None, keep_rates: str | None) -> None:
+    """`slimvit train --recipe sit --token-reducer tsm --teacher CKPT`: SiT on the built-in digits."""
+    from exporter.config import parse_floats
+    from exporter.errors import ConfigError, check_choice
+    from exporter.sit import SitConfig, run_sit
+
+    check_choice("token reducer", token_reducer or "tsm", ("topk", "tsm"))
+    if recipe != "sit" or token_reducer != "tsm" or not teacher or out is None:
+        raise ConfigError("SiT training is --recipe sit --token-reducer tsm --teacher CHECKPOINT --out DIR "
+                           f"(got recipe {recipe}, token reducer {token_reducer}, teacher {teacher}, out {out})")
+    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    cfg = SitConfig(**{k: v for k, v in given.items() if v is not None})
+    result = run_sit(teacher, out, parse_floats(keep_rates or "1.0,0.7,0.5", "--keep-rates"),
+                   parse_floats(widths or "1.0", "--widths"), cfg,
+                   log=lambda r: console.print(f"sit epoch {r['epoch']}: loss {r['loss']:.3f} (ce {r['ce']:.3f}, "
+                                               f"kl {r['kl']:.3f}, token {r['token']:.4f})", highlight=False))
+    table = Table(title="held-out top-1 per variant (SiT, Token Slimming Modules)")
+    table.add_column("variant")
+    table.add_column("top-1", justify="right")
+    for k, v in result.accuracies.items():
+        table.add_row(k, f"{100 * v:.1f}%")
+    out_console.print(table)
+    console.print(f"checkpoint: {result.checkpoint}", highlight=False)
 
 
 def main() -> None:

@@ -1,0 +1,47 @@
+"""Installing a bundle into the demo apps: verified first, the app's format only, atomic."""
+
+import json
+
+import pytest
+
+from exporter.fileio import sha256_file
+from exporter.install import install_bundle
+from exporter.verify import BundleError
+from tests.profiled_bundle import exported_bundle
+
+
+@pytest.fixture
+def bundle():
+    """The shared tiny ONNX + TFLite bundle of the profiling tests (built once per run)."""
+    return exported_bundle()
+
+
+def test_android_gets_the_manifest_and_only_tflite_artifacts(bundle, tmp_path):
+    dest = install_bundle(bundle, "android", root=tmp_path)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    tflite = [a for v in manifest["variants"] for a in v["artifacts"] if a["format"] == "tflite"]
+    assert tflite
+    for a in tflite:
+        assert sha256_file(dest / a["path"]) == a["sha256"]
+    assert not list(dest.rglob("*.onnx"))
+    assert (dest / "manifest.schema.json").exists()
+    assert (tmp_path / "android_demo/app/src/main/assets/sample.png").stat().st_size > 0
+
+
+def test_a_tampered_bundle_is_not_installed(bundle, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    victim = next(bad.rglob("*.tflite"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        install_bundle(bad, "android", root=tmp_path / "app")
+    assert not (tmp_path / "app").exists()
+
+
+def test_ios_needs_coreml_artifacts(bundle, tmp_path):
+    with pytest.raises(Exception, match="no coreml artifacts"):
+        install_bundle(bundle, "ios", root=tmp_path)
