@@ -16,6 +16,7 @@ from typing import Any
 from exporter.policy import RULES, Choice, DeviceState, Policy, PolicyError, decide, t_ms
 
 FORMAT = "slimvit-policy-vectors"
+SCHEMA_NAME = "policy_vectors.schema.json"
 ERROR_CODES = ("unknown_platform", "unknown_thermal", "battery_range", "time_order")
 # The repo copy (conformance/policy_vectors.json) uses the default policy of this made-up
 # five-variant bundle, plus two latency budgets, so that every rule is reachable.
@@ -169,11 +170,26 @@ def vectors_document(policy: Mapping[str, Any]) -> dict[str, Any]:
             "policy": dict(policy), "cases": cases}
 
 
+def vectors_schema() -> dict[str, Any]:
+    from importlib import resources
+
+    return json.loads(resources.files("exporter.schema").joinpath(SCHEMA_NAME).read_text())
+
+
 def check_vectors(doc: Mapping[str, Any]) -> list[str]:
     """Replay every case through the reference engine; returns each mismatch (empty = pass)."""
+    import jsonschema
+
+    from exporter.policy_bundle import check_policy
+
     if doc.get("format") != FORMAT:
         raise PolicyError(f'not a policy vectors file (format is {doc.get("format")!r}, expected "{FORMAT}")')
-    p = Policy.from_dict(doc["policy"])
+    errors = sorted(jsonschema.Draft202012Validator(vectors_schema()).iter_errors(doc),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        raise PolicyError("policy vectors do not follow policy_vectors.schema.json: " + "; ".join(
+            f"{'/'.join(str(p) for p in e.absolute_path)}: {e.message}" for e in errors[:5]))
+    p = check_policy(doc["policy"])
     bad = []
     for case in doc["cases"]:
         got = run_steps(p, case["platform"], case["device"], [

@@ -187,11 +187,14 @@ def test_repo_vectors_are_current_and_pass():
         assert {(plat, n) for n in levels} <= names
 
 
-def test_check_vectors_reports_a_wrong_expectation():
+def test_check_vectors_reports_a_wrong_expectation_and_a_malformed_file():
     doc = vectors_document(reference_policy())
     doc["cases"][0]["steps"][0]["expect"]["tier"] = 1
     (bad,) = check_vectors(doc)
     assert doc["cases"][0]["name"] in bad and "expected" in bad
+    del doc["cases"][1]["steps"][0]["low_power"]
+    with pytest.raises(PolicyError, match="cases/1/steps/0: 'low_power' is a required property"):
+        check_vectors(doc)
 
 
 def test_a_manifest_without_policy_is_a_clear_error():
