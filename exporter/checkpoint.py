@@ -251,6 +251,10 @@ def load_model(path: str | Path, checkpoint_format: str = "auto",
         fmt = detect_container(container)
         if fmt != FORMAT_TAG:
             options["container"] = container
+    if fmt == FORMAT_TAG and options.get("ema"):
+        raise CheckpointError(f"{path}: --ema picks the EMA weights of a training checkpoint "
+                              f"(hydravit, scala, timm, supervit), but this is a slimvit checkpoint; "
+                              f"leave out --ema")
     loaded = LOADERS[fmt](path, **options)
     warn_nonfinite(loaded.model.state_dict(), warn or (lambda m: warnings.warn(m, stacklevel=2)))
     return loaded

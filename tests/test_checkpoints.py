@@ -312,6 +312,11 @@ def _bad_case(name: str, tmp: Path) -> tuple[Path, dict]:
         return _write(tmp / "c.pth", {"weights": {"w": torch.zeros(2)}, "optimizer": {}}), {}
     if name == "no EMA weights":
         return _write(tmp / "c.pth", {"state_dict": sd}), {"ema": True}
+    if name == "EMA of a slimvit checkpoint":
+        from exporter.checkpoint import save_checkpoint
+        from tests.conftest import tiny_model
+
+        return save_checkpoint(tiny_model(), tmp / "c.safetensors"), {"ema": True}
     if name == "heads do not divide":
         return _write(tmp / "c.pth", sd), {"num_heads": 5}
     if name == "heads cannot be inferred":
@@ -336,6 +341,7 @@ def _write_bytes(path: Path, data: bytes) -> Path:
     ("qkv of the wrong size", CheckpointError, "shapes fit no ViT: blocks.0.attn.qkv.weight is (128, 64)"),
     ("unknown layout", CheckpointError, "found keys: weights (1 entries: w), optimizer"),
     ("no EMA weights", CheckpointError, "--ema asks for EMA weights"),
+    ("EMA of a slimvit checkpoint", CheckpointError, "this is a slimvit checkpoint; leave out --ema"),
     ("heads do not divide", ConfigError, "--num-heads 5 does not divide the embed dim 64"),
     ("heads cannot be inferred", ConfigError, "pass --num-heads"),
     ("wrong forced format", CheckpointError, "no state dict for format scala"),
