@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test test-py test-kotlin lint clean bench
+.PHONY: install demo test test-py test-kotlin ios-vectors lint clean bench
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ $(KOTLIN_JAR): $(KOTLIN_SRC)
 	mkdir -p $(dir $@) && rm -f $@
 	kotlinc $(KOTLIN_SRC) -include-runtime -nowarn -d $@ 2>&1 | grep -v "^OpenJDK.*deprecated" || true
 	test -f $@
+
+ios-vectors:
+	cp conformance/policy_vectors.json ios_demo/SlimvitPolicy/Tests/SlimvitPolicyTests/policy_vectors.json
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,10 @@
+import SwiftUI
+
+@main
+struct SlimvitDemoApp: App {
+    @StateObject private var model = DemoModel()
+
+    var body: some Scene {
+        WindowGroup { ContentView().environmentObject(model) }
+    }
+}
