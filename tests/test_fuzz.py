@@ -24,9 +24,9 @@ from exporter.verify import verify_bundle
 from tests.conftest import tiny_model
 from tests.test_verify import build_real_bundle
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-SLOW_FUZZ = settings(FUZZ, max_examples=25)  # each example writes and loads a whole checkpoint
+SLOW_FUZZ = settings(FUZZ, max_examples=20)  # each example writes and loads a whole checkpoint
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
