@@ -73,7 +73,8 @@ def default_policy(manifest: Mapping[str, Any], tiers: list[str] | None = None) 
         return next(i for i, a in enumerate(acc) if 100 * (acc[best] - a) <= pp + 1e-9)
 
     efficient = within(EFFICIENT_PP, max(0, best - 1))
-    saver = min(within(SAVER_PP, best // 2), efficient)
+    # Serious heat, low-power mode and a low battery always step below the best tier.
+    saver = min(within(SAVER_PP, best // 2), efficient, max(0, best - 1))
     p50: dict[str, dict[str, float]] = {}
     for t in tiers:
         for dev, ms in variant_p50(by_id[t]).items():

@@ -151,7 +151,7 @@ def test_user_policy_is_merged_over_the_default_and_checked(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("tiers: [w16_k50_r24, w64_k100_r32]\ncharging:\n  max_tier: 0\n")
     p = bundle_policy(m, f)
-    assert p["tiers"] == ["w16_k50_r24", "w64_k100_r32"] and p["thermal"]["max_tier"] == [1, 1, 1, 0]
+    assert p["tiers"] == ["w16_k50_r24", "w64_k100_r32"] and p["thermal"]["max_tier"] == [1, 1, 0, 0]
     assert p["charging"] == {"max_tier": 0}
     bad = [({"hysterisis": {}}, 'did you mean "hysteresis"'),
            ({"thermal": {"max_teir": [0]}}, 'did you mean "max_tier"'),
