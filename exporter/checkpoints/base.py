@@ -47,12 +47,9 @@ def finish(c: Container, cfg: ViTConfig, tensors: dict[str, torch.Tensor], fmt: 
     """Build the slimmable model of ``cfg`` and copy ``tensors`` (SlimmableViT names) into it."""
     from exporter.checkpoint import LoadedModel, load_tensors
 
-    # Built without random init: every tensor is overwritten by the checkpoint's (strictly).
-    with torch.device("meta"):
-        model = SlimmableViT(cfg)
-    model = model.to_empty(device="cpu")
-    if set(dict(model.named_buffers())) - set(model.state_dict()):
-        model = SlimmableViT(cfg)  # a non-persistent buffer the checkpoint cannot fill
+    # Not built on the meta device: its one-time set-up costs a one-shot CLI process more
+    # (~0.4 s CPU, ~30 MB) than the random init it would skip (~0.1 s for DeiT-S).
+    model = SlimmableViT(cfg)
     load_tensors(model, tensors, c.path)
     return LoadedModel(model.eval(), c.path.stem, fmt, [str(i) for i in range(cfg.num_classes)],
                        IMAGENET)
