@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
+import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -88,10 +90,27 @@ def _op_name(text: str) -> str | None:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Converters print progress bars and warn about untested versions; keep the CLI readable."""
+    """Converters print progress bars, warn about untested versions and log from C++ (straight to
+    file descriptors 1 and 2); keep the CLI readable. Errors still propagate as exceptions."""
     for name in ("torch.onnx", "coremltools", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
-          contextlib.redirect_stderr(io.StringIO())):
+          contextlib.redirect_stderr(io.StringIO()), _fd_silenced(1), _fd_silenced(2)):
         warnings.simplefilter("ignore")
         yield
+
+
+@contextlib.contextmanager
+def _fd_silenced(fd: int) -> Iterator[None]:
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor (embedded interpreters)
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)

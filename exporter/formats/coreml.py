@@ -53,7 +53,8 @@ class CoreMLFormat(ExportFormat):
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:
-        import coremltools as ct
+        with quiet():  # its import warns about untested torch/scikit-learn versions
+            import coremltools as ct
 
         precision = metadata.get("slimvit.precision", "fp32")
         if precision not in PRECISIONS:

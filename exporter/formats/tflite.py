@@ -43,17 +43,18 @@ class TFLiteFormat(ExportFormat):
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:
-        import litert_torch
+        with quiet():  # its import logs from C++
+            import litert_torch
 
         x = torch.from_numpy(example)
         if self.layout == "NHWC":
             module, x = NHWCInput(module).eval(), x.permute(0, 2, 3, 1).contiguous()
         try:
             with quiet():
-                edge = litert_torch.convert(module, (x,))
+                content = litert_torch.convert(module, (x,)).model_content()
         except Exception as e:  # the converter raises many types; name the op for the user
             raise converter_error(self.name, metadata, e) from e
-        data = _finish(edge.model_content(), metadata)
+        data = _finish(content, metadata)
         custom = graph_info(data).custom_ops
         if custom:
             raise converter_error(self.name, metadata, RuntimeError(
@@ -63,8 +64,9 @@ class TFLiteFormat(ExportFormat):
     def interpreter(self, path: Path, threads: int = 1):  # -> ai_edge_litert Interpreter
         from ai_edge_litert.interpreter import Interpreter
 
-        it = Interpreter(model_path=str(path), num_threads=threads)
-        it.allocate_tensors()
+        with quiet():  # "Created TensorFlow Lite XNNPACK delegate" from C++
+            it = Interpreter(model_path=str(path), num_threads=threads)
+            it.allocate_tensors()
         return it
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
