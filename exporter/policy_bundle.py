@@ -207,18 +207,39 @@ def user_policy(user: str | Path | Mapping[str, Any] | None) -> dict[str, Any] |
 
 
 def attach_policy(manifest: dict[str, Any], out: str | Path,
-                  user: str | Path | Mapping[str, Any] | None = None) -> None:
-    """Export hook: put ``policy`` into the manifest and its conformance vectors into the bundle."""
+                  user: str | Path | Mapping[str, Any] | None = None,
+                  policy: Mapping[str, Any] | None = None) -> None:
+    """Export hook: put ``policy`` into the manifest and its conformance vectors into the bundle.
+
+    ``policy`` is a complete policy taken as is; otherwise ``user`` is merged over the default.
+    """
     from exporter.fileio import atomic_write_json, sha256_file
     from exporter.policy_vectors import vectors_document
 
-    policy = bundle_policy(manifest, user)
-    manifest["policy"] = policy
+    if policy is None:
+        policy = bundle_policy(manifest, user)
+    else:
+        check_policy(policy, manifest)
+    manifest["policy"] = dict(policy)
     doc = vectors_document(policy)
     path = Path(out) / POLICY_VECTORS_NAME
     atomic_write_json(path, doc)
     manifest["policy_vectors"] = {"path": POLICY_VECTORS_NAME, "sha256": sha256_file(path),
                                   "cases": len(doc["cases"])}
+
+
+def refresh_latency(policy: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``policy`` with ``latency.p50_ms`` re-read from the manifest's measurements; budgets kept."""
+    by_id = {v["id"]: v for v in manifest["variants"]}
+    p50: dict[str, dict[str, float]] = {}
+    for t in policy["tiers"]:
+        for dev, ms in variant_p50(by_id[t]).items() if t in by_id else ():
+            p50.setdefault(dev, {})[t] = ms
+    out = {k: v for k, v in policy.items() if k != "latency"}
+    budgets = dict(policy.get("latency", {}).get("budget_ms", {}))
+    if p50 or budgets:
+        out["latency"] = {"budget_ms": budgets, "p50_ms": p50}
+    return out
 
 
 def policy_of(manifest: Mapping[str, Any], where: str = "bundle") -> Policy:
@@ -238,8 +259,10 @@ def select(bundle: str | Path, thermal: str, battery: float, charging: bool = Fa
 
 
 def update_policy(bundle: str | Path, user: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Recompute an existing bundle's policy and vectors (e.g. after profiling added latency).
+    """Rewrite an existing bundle's policy and vectors, e.g. after profiling added latency.
 
+    Without ``user`` the bundle's policy is kept and only its measured p50 table is refreshed
+    (a bundle without a policy gets the default); with ``user`` it is merged over the default.
     Returns the policy written into the bundle's manifest.
     """
     from exporter.manifest import read_manifest, write_manifest
@@ -247,6 +270,9 @@ def update_policy(bundle: str | Path, user: str | Path | Mapping[str, Any] | Non
     doc = user_policy(user)  # fail before touching the bundle
     manifest = read_manifest(bundle)
     out = Path(bundle) if Path(bundle).is_dir() else Path(bundle).parent
-    attach_policy(manifest, out, doc)
+    if doc is None and "policy" in manifest:
+        attach_policy(manifest, out, policy=refresh_latency(manifest["policy"], manifest))
+    else:
+        attach_policy(manifest, out, doc)
     write_manifest(out, manifest)
     return manifest["policy"]

@@ -202,3 +202,15 @@ def test_a_manifest_without_policy_is_a_clear_error():
 
     with pytest.raises(PolicyError, match="has no policy section; re-export"):
         policy_of({"variants": []}, "old_bundle")
+
+
+def test_refresh_latency_rereads_p50_and_keeps_everything_else():
+    from exporter.policy_bundle import refresh_latency
+
+    m = manifest()
+    old = bundle_policy(m, {"hysteresis": {"dwell_s": 7}, "latency": {"budget_ms": {"ref_phone": 10}}})
+    next(v for v in m["variants"] if v["id"] == "w64_k50_r32")["artifacts"][0]["latency"]["ref_phone"]["p50_ms"] = 4.5
+    new = refresh_latency(old, m)
+    assert new["latency"]["p50_ms"]["ref_phone"]["w64_k50_r32"] == 4.5
+    assert new["latency"]["budget_ms"] == {"ref_phone": 10} and new["hysteresis"]["dwell_s"] == 7
+    assert {k: v for k, v in new.items() if k != "latency"} == {k: v for k, v in old.items() if k != "latency"}

@@ -194,3 +194,5 @@ def test_policy_update_rewrites_policy_and_vectors(bundle, tmp_path):
     data = (copy / manifest["policy_vectors"]["path"]).read_bytes()
     assert hashlib.sha256(data).hexdigest() == manifest["policy_vectors"]["sha256"]
     assert json.loads(data)["policy"] == manifest["policy"]
+    update_policy(copy)  # no file: the bundle's own policy is kept, its p50 table re-read
+    assert read_manifest(copy)["policy"] == manifest["policy"]
