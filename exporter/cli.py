@@ -415,7 +415,7 @@ def simulate(
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for name, f in (("policy", run), ("always best", best), ("always cheapest", cheap)):
         acc = "-" if f["mean_accuracy"] is None else f"{100 * f['mean_accuracy']:.2f}%"
-        table.add_row(name, acc, f"{f['mean_latency_ms']:.2f}", f"{f['energy_proxy_macs'] / 1e9:,.1f}")
+        table.add_row(name, acc, f"{f['mean_latency_ms']:.3g}", f"{f['energy_proxy_macs'] / 1e9:,.1f}")
     out_console.print(table)
     console.print(f"latency: {s['latency_source']}\nwrote {out / 'summary.json'} and {out / 'timeline.png'}")
 
