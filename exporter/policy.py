@@ -162,7 +162,7 @@ def thermal_level(policy: Policy, platform: str, thermal: str) -> int:
     names = policy.platforms[platform]
     if thermal not in names:
         other = [p for p, n in policy.platforms.items() if thermal in n]
-        hint = f' ("{thermal}" is a {"/".join(other)} name; pass that platform)' if other else ""
+        hint = f' ("{thermal}" is a thermal state on {"/".join(other)}; pass that platform)' if other else ""
         raise PolicyError(f'thermal state for {platform} must be one of {{{", ".join(names)}}}, but '
                           f'got "{thermal}"{did_you_mean(thermal, names)}{hint}', "unknown_thermal")
     return names[thermal]

@@ -124,7 +124,7 @@ def test_never_above_what_the_state_allows_and_never_up_before_the_dwell(steps):
 
 @pytest.mark.parametrize("kwargs,code,message", [
     (dict(thermal="hot"), "unknown_thermal", "none, light, moderate, severe, critical, emergency, shutdown"),
-    (dict(thermal="serious"), "unknown_thermal", "is a ios/web name"),
+    (dict(thermal="serious"), "unknown_thermal", "is a thermal state on ios/web"),
     (dict(thermal="severe", platform="ios"), "unknown_thermal", "nominal, fair, serious, critical"),
     (dict(platform="andriod"), "unknown_platform", 'did you mean "android"'),
     (dict(battery=100.5), "battery_range", "0..100"),
