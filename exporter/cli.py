@@ -170,13 +170,14 @@ def export(checkpoint: CheckpointArg,
 
 @app.command()
 def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
-         epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 60) -> None:
+         epochs: Annotated[int | None, typer.Option(
+             "--epochs", help="Training epochs (default: the demo recipe's).")] = None) -> None:
     """Train a slimmable ViT on the built-in digits set, export and evaluate every variant."""
     import dataclasses
 
     from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
 
-    train = dataclasses.replace(DEMO_TRAIN, epochs=epochs)
+    train = dataclasses.replace(DEMO_TRAIN, epochs=epochs or DEMO_TRAIN.epochs)
     n_art = len(DEMO_GRID.subnets(DEMO_MODEL))
     with progress_bar(train.epochs, "train") as step:
         result = run_demo(out, train, progress=None, formats=DEMO_FORMATS,
