@@ -372,12 +372,14 @@ def policy_vectors(
         out: Annotated[Path, typer.Option("--out", help="Vectors file to write.")] = Path(
             "conformance/policy_vectors.json"),
         bundle: Annotated[Path | None, typer.Option(
-            "--bundle", help="Use this bundle's policy (default: the reference policy).")] = None,
+            "--bundle", help="Use this bundle's policy (default: a reference policy).")] = None,
+        reference: Annotated[str, typer.Option(
+            "--reference", help="Reference policy without --bundle: default or custom.")] = "default",
         ) -> None:
     """Generate conformance vectors from the reference engine."""
     from exporter.policy_vectors import write_vectors
 
-    doc = write_vectors(out, bundle)
+    doc = write_vectors(out, bundle, reference)
     steps = sum(len(c["steps"]) for c in doc["cases"])
     console.print(f"{out}: {len(doc['cases'])} cases, {steps} steps, {len(doc['policy']['tiers'])} tiers")
 

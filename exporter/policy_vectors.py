@@ -43,6 +43,28 @@ def reference_policy() -> dict[str, Any]:
     return policy
 
 
+def custom_policy() -> dict[str, Any]:
+    """A non-default policy for the second repo vectors file: a port must read every value from
+    the policy, not assume the default's (charging below best, four bands, no hysteresis,
+    moderate = serious on Android, a latency table that is not monotonic)."""
+    policy = reference_policy()
+    tiers = policy["tiers"][1:]
+    policy["tiers"] = tiers
+    policy["thermal"]["max_tier"] = [3, 2, 1, 1]
+    policy["thermal"]["platforms"]["android"]["moderate"] = 2
+    policy["battery"]["bands"] = [{"min_pct": 80, "max_tier": 3}, {"min_pct": 40, "max_tier": 2},
+                                  {"min_pct": 10, "max_tier": 1}, {"min_pct": 0, "max_tier": 0}]
+    policy["charging"] = {"max_tier": 2}
+    policy["low_power"] = {"max_tier": 1}
+    policy["hysteresis"] = {"up_margin_pct": 0, "dwell_s": 0}
+    policy["latency"] = {"budget_ms": {"ref_phone": 5.0},
+                         "p50_ms": {"ref_phone": dict(zip(tiers, [6.0, 3.0, 9.0], strict=False))}}
+    return policy
+
+
+REFERENCE_POLICIES = {"default": reference_policy, "custom": custom_policy}
+
+
 def _step(t: int, thermal: str, battery: float, charging: bool = False, low_power: bool = False
           ) -> dict[str, Any]:
     return {"t_s": t, "thermal": thermal, "battery": battery, "charging": charging,
@@ -91,7 +113,7 @@ def _case_steps(p: Policy) -> list[tuple[str, str, str | None, list[dict[str, An
         ("battery/empty", a, None, [_step(0, cool, 0)]),
         ("charging/cool_is_best", a, None, [_step(0, cool, 50, True)]),
         ("charging/empty_battery", a, None, [_step(0, cool, 0, True)]),
-        ("charging/critical_is_cheapest", a, None, [_step(0, hot, 100, True)]),
+        ("charging/critical", a, None, [_step(0, hot, 100, True)]),
         ("low_power/charging", a, None, [_step(0, cool, 100, True, True)]),
         ("low_power/hot", a, None, [_step(0, hotter, 100, True, True)]),
         ("tie/critical_and_empty", a, None, [_step(0, hot, 0, False, True)]),
@@ -201,12 +223,14 @@ def check_vectors(doc: Mapping[str, Any]) -> list[str]:
     return bad
 
 
-def write_vectors(out: str | Path, bundle: str | Path | None = None) -> dict[str, Any]:
-    """Write the vectors of a bundle's policy, or of the reference policy when no bundle is given."""
+def write_vectors(out: str | Path, bundle: str | Path | None = None, reference: str = "default"
+                  ) -> dict[str, Any]:
+    """Write the vectors of a bundle's policy, or of a reference policy when no bundle is given."""
+    from exporter.errors import check_choice
     from exporter.fileio import atomic_write_json
 
     if bundle is None:
-        policy = reference_policy()
+        policy = REFERENCE_POLICIES[check_choice("reference", reference, REFERENCE_POLICIES)]()
     else:
         from exporter.manifest import read_manifest
         from exporter.policy_bundle import policy_of

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from exporter.policy import DeviceState, Policy, PolicyError, decide, target
 from exporter.policy_bundle import bundle_policy, default_policy, manifest_tiers
 from exporter.policy_vectors import (
+    REFERENCE_POLICIES,
     REFERENCE_VARIANTS,
     check_vectors,
     reference_policy,
@@ -172,14 +173,17 @@ def select_tier(policy: dict, **kw) -> int:
     return decide(Policy.from_dict(policy), state(battery=100, charging=True, **kw), None, 0).tier
 
 
-def test_repo_vectors_are_current_and_pass():
-    doc = json.loads(REPO_VECTORS.read_text())
-    fresh = vectors_document(reference_policy())
+@pytest.mark.parametrize("reference,file", [("default", "policy_vectors.json"),
+                                             ("custom", "policy_vectors_custom.json")])
+def test_repo_vectors_are_current_and_pass(reference, file):
+    doc = json.loads((REPO_VECTORS.parent / file).read_text())
+    fresh = vectors_document(REFERENCE_POLICIES[reference]())
     assert doc["policy"] == fresh["policy"] and doc["cases"] == fresh["cases"], \
-        "stale: run slimvit policy vectors --out conformance/policy_vectors.json"
+        f"stale: run slimvit policy vectors --reference {reference} --out conformance/{file}"
     assert check_vectors(doc) == []
     rules = {s["expect"].get("rule") for c in doc["cases"] for s in c["steps"]}
-    assert rules >= {"best", "thermal", "low_power", "battery", "latency", "hysteresis", "dwell"}
+    assert rules >= ({"best", "thermal", "low_power", "battery", "latency", "hysteresis", "dwell"}
+                     if reference == "default" else {"charging", "latency", "thermal", "battery", "low_power"})
     errors = {s["expect"].get("error") for c in doc["cases"] for s in c["steps"]} - {None}
     assert errors == set(doc["errors"])
     names = {(c["platform"], s["thermal"]) for c in doc["cases"] for s in c["steps"]}
