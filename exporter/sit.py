@@ -180,14 +180,21 @@ def train_sit(student: SlimmableViT, teacher: SlimmableViT, data: ImageSet, grid
     return student.eval()
 
 
+@dataclass(frozen=True)
+class SitResult:
+    checkpoint: Path
+    accuracies: dict[str, float]  # held-out digits top-1 per variant id
+
+
 def run_sit(teacher: str | Path, out: str | Path, keep_rates: tuple[float, ...] = (1.0, 0.7, 0.5),
             widths: tuple[float, ...] = (1.0,), cfg: SitConfig = SitConfig(),
-            log: Callable[[dict], None] | None = None) -> Path:
+            log: Callable[[dict], None] | None = None) -> SitResult:
     """Load a teacher checkpoint, train its TSM student on the built-in digits set, save it.
 
     Returns:
         The student checkpoint ``out/sit_vit.safetensors`` (a slimvit checkpoint that
-        `slimvit export` reads; its keep-rate variants use the Token Slimming Modules).
+        `slimvit export` reads; its keep-rate variants use the Token Slimming Modules) and the
+        held-out top-1 of every variant of the grid.
 
     Raises:
         CheckpointError: the teacher cannot be read.
@@ -207,4 +214,13 @@ def run_sit(teacher: str | Path, out: str | Path, keep_rates: tuple[float, ...] 
     student = student_from_teacher(loaded.model)
     grid = VariantGrid(widths, keep_rates, student.cfg.resolutions)
     train_sit(student, loaded.model, data, grid, loaded.preprocess, cfg, log)
-    return save_checkpoint(student, Path(out) / "sit_vit.safetensors", loaded.labels, loaded.preprocess)
+    path = save_checkpoint(student, Path(out) / "sit_vit.safetensors", loaded.labels, loaded.preprocess)
+    return SitResult(path, {s.id: top1(student, digits("test"), loaded.preprocess, s)
+                            for s in grid.subnets(student.cfg)})
+
+
+@torch.no_grad()
+def top1(model: SlimmableViT, data: ImageSet, pre: Preprocess, s: Subnet) -> float:
+    """Held-out top-1 of subnet ``s``."""
+    pred = model.eval()(pre(data.images, s.resolution), s).argmax(1)
+    return float((pred.numpy() == data.labels).mean())
