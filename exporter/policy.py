@@ -120,6 +120,14 @@ class Policy:
                               f"repeats, the last at 0; got min_pct {mins}")
         for i, b in enumerate(self.bands):
             tier(f"battery.bands[{i}].max_tier", b.max_tier)
+        # Monotonic caps: a lower battery or a hotter device never allows a higher tier (this also
+        # keeps the step-up target at or below the step-down target).
+        caps = [b.max_tier for b in self.bands]
+        if caps != sorted(caps, reverse=True):
+            raise PolicyError(f'"battery.bands" max_tier must not grow as min_pct falls, got {caps}')
+        if list(self.thermal_max_tier) != sorted(self.thermal_max_tier, reverse=True):
+            raise PolicyError(f'"thermal.max_tier" must not grow from cool to hot, got '
+                              f"{list(self.thermal_max_tier)}")
         tier("charging.max_tier", self.charging_max_tier)
         tier("low_power.max_tier", self.low_power_max_tier)
         if self.up_margin_pct < 0 or self.dwell_s < 0:

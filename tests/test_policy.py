@@ -160,7 +160,10 @@ def test_user_policy_is_merged_over_the_default_and_checked(tmp_path):
            ({"tiers": ["w16_k50_r24", "nope"]}, "not a variant of this bundle"),
            ({"battery": {"bands": [{"min_pct": 20, "max_tier": 1}, {"min_pct": 50, "max_tier": 2}]}},
             "highest first"),
-           ({"hysteresis": {"dwell_s": -1}}, "dwell_s")]
+           ({"hysteresis": {"dwell_s": -1}}, "dwell_s"),
+           ({"battery": {"bands": [{"min_pct": 50, "max_tier": 1}, {"min_pct": 0, "max_tier": 3}]}},
+            "must not grow as min_pct falls"),
+           ({"thermal": {"max_tier": [3, 4, 2, 0]}}, "must not grow from cool to hot")]
     for doc, message in bad:
         with pytest.raises(PolicyError, match=message):
             bundle_policy(m, doc)
