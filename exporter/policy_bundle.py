@@ -149,7 +149,7 @@ def read_policy_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise PolicyError(f"policy file {path} does not exist")
-    text = path.read_text()
+    text = path.read_text(errors="replace")  # bad bytes become a clear parse error below
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -185,6 +185,8 @@ def bundle_policy(manifest: Mapping[str, Any], user: str | Path | Mapping[str, A
     else:
         ids = [v["id"] for v in manifest["variants"]]
         tiers = doc.get("tiers")
+        if tiers == []:
+            raise PolicyError("policy tiers is empty; list at least one variant id, cheapest first")
         for t in tiers if isinstance(tiers, list) else []:
             if t not in ids:
                 raise PolicyError(f'policy tier "{t}" is not a variant of this bundle'

@@ -37,7 +37,7 @@ def read_trace(path: str | Path) -> list[TraceRow]:
     path = Path(path)
     if not path.is_file():
         raise PolicyError(f"trace {path} does not exist")
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:  # bad bytes: a clear row error
         reader = csv.DictReader(line for line in f if not line.lstrip().startswith("#"))
         cols = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in TRACE_COLUMNS if c not in cols]

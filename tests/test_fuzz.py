@@ -309,3 +309,36 @@ def test_report_ingestion_of_mutated_reports(tmp_path_factory, data):
     report = only_own_errors(load_report, p, MANIFEST)
     if isinstance(report, dict):
         merge_report(json.loads(json.dumps(MANIFEST)), report, str(p), IngestResult({}))
+
+
+# --- policy files and device-state traces ----------------------------------------------------
+
+TRACE_LINES = ["t_s,battery,charging,thermal,low_power", "0,50,0,none,0", "10,20,1,severe,1",
+               "5,101,true,hot,no", "# comment", "x,y", ",,,,", "1e309,nan,0,none,0"]
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=200), st.lists(st.one_of(st.sampled_from(TRACE_LINES),
+                                                                   st.text(max_size=30)), max_size=6)
+                      .map(lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass"))))
+def test_trace_reader(tmp_path_factory, data):
+    from exporter.simulate import read_trace
+
+    p = tmp_path_factory.getbasetemp() / "trace.csv"
+    p.write_bytes(data)
+    only_own_errors(read_trace, p)
+
+
+@FUZZ
+@given(doc=st.one_of(json_values, st.dictionaries(st.sampled_from(["tiers", "thermal", "battery", "hysteresis",
+                                                                   "charging", "low_power", "version"]),
+                                                  json_values, max_size=3)),
+       suffix=st.sampled_from([".json", ".yaml"]), raw=st.one_of(st.none(), st.binary(max_size=80)))
+def test_policy_file_reader(tmp_path_factory, doc, suffix, raw):
+    from exporter.policy_bundle import bundle_policy, user_policy
+
+    p = tmp_path_factory.getbasetemp() / f"policy{suffix}"
+    p.write_bytes(raw if raw is not None else json.dumps(doc).encode())
+    user = only_own_errors(user_policy, p)
+    if isinstance(user, dict):
+        only_own_errors(bundle_policy, json.loads(json.dumps(MANIFEST)), user)
