@@ -149,6 +149,10 @@ def measure(runtime: Runtime, path: Path, threads: int, runs: int, warmup: int) 
         threads: intra-op threads (0 lets the runtime choose).
         runs: timed inferences after warm-up.
         warmup: untimed inferences after the first one.
+
+    ``cpu_p50_ms`` is the median CPU time of this process per inference: on a busy host it
+    does not grow when other processes take the cores, so runs on a shared CI machine stay
+    comparable (with one thread it equals the wall time on an idle machine).
     """
     _VERSIONS[runtime.name]()  # import the runtime before the baseline, so it is not counted
     base = rss_mb()
@@ -160,14 +164,16 @@ def measure(runtime: Runtime, path: Path, threads: int, runs: int, warmup: int) 
     first_ms = (time.perf_counter() - t) * 1e3
     for _ in range(warmup):
         invoke()
-    samples = []
+    samples, cpu = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         invoke()
         samples.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
     return {
         "p50_ms": percentile(samples, 50), "p90_ms": percentile(samples, 90),
         "p99_ms": percentile(samples, 99), "mean_ms": statistics.fmean(samples),
+        "cpu_p50_ms": percentile(cpu, 50),
         "load_ms": load_ms, "first_ms": first_ms,
         "peak_mb": max(0.0, peak_rss_mb() - base), "runs": runs, "threads": threads,
         "runtime": runtime.name, "runtime_version": runtime.version(),

@@ -1,6 +1,6 @@
 """One small real bundle shared by the profiling, ingest and report tests (built once per run).
 
-Three ONNX variants of `tiny_model()` exported by `export_bundle`, with accuracy on 40 digits,
+Two ONNX variants of `tiny_model()` exported by `export_bundle`, with accuracy on 40 digits,
 plus the TFLite artifact of ``w32_k100_r32`` from ``tests/data`` (exported from the same
 `tiny_model()` by `TFLiteFormat`; exporting TFLite here would cost most of the test budget), so
 both profiling runtimes have work. Tests that write get their own copy.
@@ -38,7 +38,7 @@ def exported_bundle() -> Path:
     atexit.register(shutil.rmtree, root, True)
     out = root / "bundle"
     loaded = LoadedModel(tiny_model(), "tiny", "slimvit", [str(i) for i in range(10)])
-    grid = VariantGrid(widths=(0.25, 0.5, 1.0), keep_rates=(1.0,), resolutions=(32,))
+    grid = VariantGrid(widths=(0.5, 1.0), keep_rates=(1.0,), resolutions=(32,))
     with torch.no_grad():
         export_bundle(loaded, grid, out, eval_set=digits("test").subset(slice(0, 40)))
     manifest = read_manifest(out)

@@ -12,19 +12,20 @@ from exporter.pareto import bundle_fronts
 from exporter.profile import RUNTIMES, ProfileError, host_device, profile_bundle, run_worker, usable_cores
 from tests.profiled_bundle import TFLITE, copy_bundle, profiled_bundle
 
-LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "load_ms", "first_ms", "peak_mb", "runs", "threads",
-                "runtime", "runtime_version", "source"}
+LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "cpu_p50_ms", "load_ms", "first_ms", "peak_mb", "runs",
+                "threads", "runtime", "runtime_version", "source"}
 
 
 def test_every_onnx_and_tflite_artifact_gets_latency_under_this_host():
     bundle, manifest = profiled_bundle()
     dev, device = host_device()
     arts = [a for v in manifest["variants"] for a in v["artifacts"]]
-    assert len(arts) == 4 and {a["format"] for a in arts} == {"onnx", "tflite"}
+    assert len(arts) == 3 and {a["format"] for a in arts} == {"onnx", "tflite"}
     for a in arts:
         lat = a["latency"][dev]
         assert set(lat) == LATENCY_KEYS
         assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+        assert 0 < lat["cpu_p50_ms"] <= 1.1 * lat["p99_ms"]  # one thread: CPU time <= wall time
         assert lat["load_ms"] > 0 and lat["first_ms"] > 0
         assert lat["runs"] == 5 and lat["threads"] == 1 and lat["source"] == "slimvit profile"
         # Loading a model grows the fresh worker's RSS by at least the file size.
@@ -41,28 +42,28 @@ def test_bigger_variants_are_slower_on_this_host():
     _, manifest = profiled_bundle()
     dev, _ = host_device()
     p50 = {v["id"]: v["artifacts"][0]["latency"][dev]["p50_ms"] for v in manifest["variants"]}
-    assert p50["w16_k100_r32"] < p50["w64_k100_r32"]
+    assert p50["w32_k100_r32"] < p50["w64_k100_r32"]
 
 
 def test_rerun_replaces_only_this_devices_entries(tmp_path):
     bundle = copy_bundle(tmp_path)
     manifest = read_manifest(bundle)
     other = {"p50_ms": 9.5, "runtime": "litert", "source": "device report"}
-    manifest["variants"][0]["artifacts"][0]["latency"] = {"pixel-7": other}
+    (tfl,) = [a for v in manifest["variants"] for a in v["artifacts"] if a["format"] == "tflite"]
+    tfl["latency"] = {"pixel-7": other}
     manifest["devices"] = {"pixel-7": {"name": "Pixel 7", "kind": "phone"}}
     from exporter.manifest import write_manifest
 
     write_manifest(bundle, manifest)
-    first = profile_bundle(bundle, ["onnxruntime"], runs=3, warmup=0, device_id="ci-host")
-    second = profile_bundle(bundle, ["onnxruntime"], runs=4, warmup=0, device_id="ci-host")
-    art = second["variants"][0]["artifacts"][0]
-    assert art["latency"]["pixel-7"] == other
-    assert art["latency"]["ci-host"]["runs"] == 4
-    assert first["variants"][0]["artifacts"][0]["latency"]["ci-host"]["runs"] == 3
+    first = profile_bundle(bundle, ["litert"], runs=3, warmup=0, device_id="ci-host")
+    second = profile_bundle(bundle, ["litert"], runs=4, warmup=0, device_id="ci-host")
+    (old,) = [a for v in first["variants"] for a in v["artifacts"] if a["format"] == "tflite"]
+    (new,) = [a for v in second["variants"] for a in v["artifacts"] if a["format"] == "tflite"]
+    assert old["latency"]["ci-host"]["runs"] == 3 and new["latency"]["ci-host"]["runs"] == 4
+    assert new["latency"]["pixel-7"] == other
     assert set(second["devices"]) == {"pixel-7", "ci-host"}
-    # --runtime onnxruntime leaves the TFLite artifact unmeasured
-    (tfl,) = [a for v in second["variants"] for a in v["artifacts"] if a["format"] == "tflite"]
-    assert "latency" not in tfl
+    # --runtime litert leaves the ONNX artifacts unmeasured
+    assert not [a for v in second["variants"] for a in v["artifacts"] if a["format"] == "onnx" and "latency" in a]
 
 
 def test_worker_measures_tflite_with_litert_in_a_fresh_process():
@@ -128,13 +129,13 @@ def test_cli_profile_prints_the_table_and_exits_2_on_bad_input(tmp_path, capsys,
     from exporter.cli import main
 
     bundle = copy_bundle(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["slimvit", "profile", str(bundle), "--runtime", "onnxruntime",
+    monkeypatch.setattr(sys, "argv", ["slimvit", "profile", str(bundle), "--runtime", "litert",
                                       "--runs", "3", "--warmup", "0", "--device-id", "cli-host"])
     main()
     out = capsys.readouterr().out
-    assert "latency on cli-host" in out and all(v in out for v in ("w16_k100_r32", "w64_k100_r32"))
-    assert all("cli-host" in a.get("latency", {}) for v in read_manifest(bundle)["variants"]
-               for a in v["artifacts"] if a["format"] == "onnx")
+    assert "latency on cli-host" in out and "w32_k100_r32" in out and "tflite fp32" in out
+    assert [a["format"] for v in read_manifest(bundle)["variants"] for a in v["artifacts"]
+            if "cli-host" in a.get("latency", {})] == ["tflite"]
     monkeypatch.setattr(sys, "argv", ["slimvit", "profile", str(bundle), "--runtime", "tflite"])
     with pytest.raises(SystemExit) as e:
         main()

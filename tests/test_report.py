@@ -38,7 +38,7 @@ def test_report_has_every_variant_device_and_chart(tmp_path):
     page = result.html.read_text()
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert [base64.b64decode(e) for e in embedded] == [p.read_bytes() for p in result.charts.values()]
-    for text in ("w16_k100_r32", "w32_k100_r32", "w64_k100_r32", "Pixel 7", "Google Tensor G2", host,
+    for text in ("w32_k100_r32", "w64_k100_r32", "Pixel 7", "Google Tensor G2", host,
                  "onnx fp32 KB", "tflite fp32 KB", "top-1 fp32", f"p50 ms fp32 @ {host}",
                  "p50 ms fp32 @ pixel-7-android-14"):
         assert text in page

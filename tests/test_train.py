@@ -178,7 +178,9 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
         train(cfg, tmp_path / "cut", progress=stop_after_2)
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     resumed = train(cfg, tmp_path / "cut", resume=tmp_path / "cut")
-    curve = lambda p: [(r["epoch"], r["loss"]) for r in map(json.loads, (p / "log.jsonl").read_text().splitlines())]
+    def curve(p):
+        return [(r["epoch"], r["loss"]) for r in map(json.loads, (p / "log.jsonl").read_text().splitlines())]
+
     assert curve(tmp_path / "cut") == curve(tmp_path / "whole")  # bit-identical loss curve
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
