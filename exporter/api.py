@@ -42,7 +42,8 @@ def with_config(loaded: LoadedModel, **changes: Any) -> LoadedModel:
 def describe_variants(model: SlimmableViT, grid: VariantGrid) -> list[dict[str, Any]]:
     """One row per variant: id, dims, tokens, params and MACs."""
     rows = []
-    for s in grid.subnets(model.cfg):
+    searched = getattr(model, "structure", None) is not None  # ViT-Slim: its one structure
+    for s in model.subnets(grid) if searched else grid.subnets(model.cfg):
         spec = static_spec(model, s)
         rows.append({"id": s.id, "width": round(s.width, 4), "embed_dim": s.embed_dim,
                      "num_heads": s.num_heads, "head_dim": s.head_dim, "mlp_hidden": s.mlp_hidden,

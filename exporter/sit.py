@@ -167,7 +167,7 @@ def train_sit(student: SlimmableViT, teacher: SlimmableViT, data: ImageSet, grid
                 loss, parts = sit_loss(forward_dense(student, x, s), t_logits, t_tokens, y, cfg,
                                        student.cfg.num_prefix_tokens)
                 loss.backward()
-                sums["loss"] += float(loss)
+                sums["loss"] += float(loss.detach())
                 for k, v in parts.items():
                     sums[k] += v
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
