@@ -14,6 +14,9 @@ from exporter.config import VariantGrid, ViTConfig
 from exporter.cost import mac_count, param_count
 from exporter.errors import ConfigError, check_choice
 from exporter.extract import static_spec
+from exporter.ingest import ingest_reports  # noqa: F401  (slimvit ingest)
+from exporter.profile import profile_bundle  # noqa: F401  (slimvit profile)
+from exporter.report import write_report  # noqa: F401  (slimvit report)
 from exporter.model import SlimmableViT
 
 EVAL_SETS = ("builtin",)
