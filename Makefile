@@ -34,6 +34,7 @@ KOTLIN_JAR := build/kotlin/policy-conformance.jar
 
 test-kotlin: $(KOTLIN_JAR)
 	java -jar $(KOTLIN_JAR) conformance/policy_vectors.json
+	java -jar $(KOTLIN_JAR) conformance/policy_vectors_custom.json
 
 $(KOTLIN_JAR): $(KOTLIN_SRC)
 	command -v kotlinc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin)
