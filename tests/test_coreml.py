@@ -17,7 +17,7 @@ from exporter.checkpoint import LoadedModel
 from exporter.config import Variant, VariantGrid
 from exporter.errors import ConfigError, ExportError, ValidationError
 from exporter.extract import extract_variant
-from exporter.fileio import sha256_tree
+from exporter.fileio import atomic_dir, sha256_tree
 from exporter.formats import get_format
 from exporter.formats.coreml import ane_fallbacks, ane_unverified, program_info
 from exporter.manifest import SCHEMA_VERSION
@@ -171,6 +171,24 @@ def test_sha256_tree_follows_the_documented_recipe(tmp_path):
     assert sha256_tree(root) == h.hexdigest()
     (root / "Data" / "w" / "weight.bin").write_bytes(b"\x00\x01\x03")
     assert sha256_tree(root) != h.hexdigest()
+
+
+def test_atomic_dir_swaps_a_whole_directory_or_nothing(tmp_path):
+    target = tmp_path / "v.mlpackage"
+    with atomic_dir(target) as tmp:
+        assert tmp.suffix == ".mlpackage" and not tmp.exists()  # coremltools checks the suffix
+        (tmp / "Data").mkdir(parents=True)
+        (tmp / "Data" / "a.bin").write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "Data").mkdir(parents=True)
+        (tmp / "Data" / "a.bin").write_bytes(b"half")
+        raise RuntimeError("the converter failed")
+    assert (target / "Data" / "a.bin").read_bytes() == b"old"
+    with atomic_dir(target) as tmp:
+        tmp.mkdir()
+        (tmp / "b.bin").write_bytes(b"new")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "v.mlpackage", "v.mlpackage/b.bin"]  # the old tree is gone, no temporary left
 
 
 @macos_only
