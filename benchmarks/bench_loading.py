@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -87,17 +88,18 @@ def run_row(index: int, d: Path) -> dict:
     name, file, fmt, options, export = ROWS[index]
     reset_peak()
     base = rss_mb("VmRSS")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loaded = load(d / file, fmt, **options) if file else None
-    t_load = time.perf_counter() - t0
-    t_export = 0.0
+    t_load, c_load = time.perf_counter() - t0, time.process_time() - c0
+    t_export = c_export = 0.0
     if export:
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         with tempfile.TemporaryDirectory() as out:
             manifest = export_checkpoint_bundle(loaded, VariantGrid(WIDTHS, (1.0,)), out)
         assert len(manifest["variants"]) == 4
-        t_export = time.perf_counter() - t1
-    return {"load_s": t_load, "export_s": t_export, "base_mb": base, "peak_mb": rss_mb("VmHWM"),
+        t_export, c_export = time.perf_counter() - t1, time.process_time() - c1
+    return {"load_s": t_load, "export_s": t_export, "load_cpu": c_load, "export_cpu": c_export,
+            "base_mb": base, "peak_mb": rss_mb("VmHWM"),
             "source": loaded.source_format if loaded else "-"}
 
 
@@ -115,7 +117,8 @@ def main() -> None:
             m = json.loads(r.stdout.strip().splitlines()[-1])
             print(name, m, flush=True)
             rows.append([name, f"{sizes[file]:.0f}" if file else "-", m["source"], f"{m['load_s']:.2f}",
-                         f"{m['export_s']:.1f}" if m["export_s"] else "-",
+                         f"{m['load_cpu']:.2f}", f"{m['export_s']:.1f}" if m["export_s"] else "-",
+                         f"{m['export_cpu']:.1f}" if m["export_s"] else "-",
                          f"{m['load_s'] + m['export_s']:.2f}", f"{m['peak_mb']:.0f}",
                          f"{m['peak_mb'] - m['base_mb']:.0f}"])
     text = (
@@ -124,8 +127,11 @@ def main() -> None:
         f"DeiT-S shape (384/12/6, 224 px, 1000 classes, 22M params), random weights; one process "
         f"per row, one thread. Export rows: {len(WIDTHS)} widths {WIDTHS} as validated ONNX through "
         f"`export_checkpoint_bundle`. Peak RSS is the process high-water mark counted from "
-        f"after the imports (VmHWM reset); 'added' is that peak minus the RSS after imports.\n\n"
-        + md_table(["row", "file MB", "detected", "load s", "export s", "wall s", "peak RSS MB",
+        f"after the imports (VmHWM reset); 'added' is that peak minus the RSS after imports. "
+        f"CPU s is the process's own CPU time, steadier than wall time on a shared host (load "
+        f"average {os.getloadavg()[0]:.1f} at the end of the run).\n\n"
+        + md_table(["row", "file MB", "detected", "load s", "load CPU s", "export s", "export CPU s",
+                    "wall s", "peak RSS MB",
                     "added MB"], rows)
     )
     print(text)
