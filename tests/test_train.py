@@ -24,8 +24,19 @@ from exporter.training import (
 from exporter.training.loop import kl, run_members
 from tests.conftest import TINY, tiny_model
 
-# A quick run: 160 digits, batches of 32, the default grid (3 widths x 3 keep rates x 32/24 px).
-QUICK = dict(train_limit=160, batch_size=32, epochs=2, warmup_epochs=0, lr=3e-3)
+# A quick run: 160 digits, batches of 32, 8 variants (2 widths x 2 keep rates x 32/24 px).
+QUICK = dict(train_limit=160, batch_size=32, epochs=2, warmup_epochs=0, lr=3e-3, widths=(0.5, 1.0),
+             keep_rates=(1.0, 0.5), resolutions=(32, 24))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads
+    cost several times the CPU time."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def context(recipe_cfg: ViTConfig, grid: VariantGrid, epoch: int = 5, seed: int = 0, **kw) -> StepContext:
@@ -136,7 +147,8 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_every_recipe_trains_from_the_cli(recipe, tmp_path, monkeypatch, capsys):
-    (tmp_path / "quick.yaml").write_text(yaml.safe_dump(QUICK))
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
+                                                         for k, v in QUICK.items()}))
     out = tmp_path / "run"
     code, stdout, err = cli(monkeypatch, capsys, "train", "--config", str(tmp_path / "quick.yaml"),
                             "--recipe", recipe, "--out", str(out))
@@ -145,7 +157,7 @@ def test_every_recipe_trains_from_the_cli(recipe, tmp_path, monkeypatch, capsys)
     assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 10
     assert log[1]["loss"] < log[0]["loss"]
     results = json.loads((out / "results.json").read_text())
-    assert len(results["heldout_accuracy"]) == 18 and "w16_k50_r24" in stdout
+    assert len(results["heldout_accuracy"]) == 8 and "w32_k50_r24" in stdout
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["recipe"] == recipe and saved["epochs"] == 2
     loaded = load_model(out / "model.safetensors")  # slimvit's own format: export/variants read it
@@ -208,14 +220,14 @@ def test_teacher_checkpoint_and_separate_widths(tmp_path):
     teacher = tmp_path / "teacher.safetensors"
     save_checkpoint(tiny_model(), teacher)
     r = train(TrainConfig(**{**QUICK, "epochs": 1}, teacher=str(teacher)))
-    assert len(r.accuracies) == 18
+    assert len(r.accuracies) == 8
     save_checkpoint(tiny_model(num_classes=5), tmp_path / "five.safetensors")
     with pytest.raises(ConfigError, match="predicts 5 classes but the dataset has 10"):
         train(TrainConfig(**QUICK, teacher=str(tmp_path / "five.safetensors")))
-    sep = train_separate(TrainConfig(**{**QUICK, "epochs": 1}, widths=(0.5, 1.0)))
+    sep = train_separate(TrainConfig(**{**QUICK, "epochs": 1}))
     assert {d: r.model.cfg.embed_dim for d, r in sep.per_width.items()} == {64: 64, 32: 32}
     assert sep.per_width[32].model.cfg.num_heads == 2  # HydraViT: fewer heads of the same size
-    assert set(sep.accuracies) == {f"w{d}_k{k}_r{r}" for d in (64, 32) for k in (100, 70, 50) for r in (32, 24)}
+    assert set(sep.accuracies) == {f"w{d}_k{k}_r{r}" for d in (64, 32) for k in (100, 50) for r in (32, 24)}
 
 
 # --------------------------------------------------------------------------- ImageFolder
@@ -239,7 +251,7 @@ def test_image_folder_trains_and_counts_converted_images(tmp_path):
     r = train(TrainConfig(dataset=str(tmp_path / "data"), epochs=3, batch_size=12, warmup_epochs=0, lr=3e-3,
                           widths=(0.5, 1.0), keep_rates=(1.0,)))
     assert r.notes == ["converted 3 of 36 images to RGB",
-                       "resized 33 of 36 images of 2 different sizes to 32x32"]
+                       "resized 36 of 36 images of 2 different sizes to 32x32"]
     assert r.labels == ["blue", "green", "red"] and min(r.accuracies.values()) == 1.0  # 6 held-out images
 
 

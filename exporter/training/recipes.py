@@ -92,17 +92,21 @@ def hydravit(ctx: StepContext) -> list[Member]:
 
 def scala(ctx: StepContext) -> list[Member]:
     """Scale Coordination: full, one upper-half width, one lower-half width, the smallest; each
-    distils from the next larger one and learns the labels. Warm-up epochs: the full model only."""
+    distils from the next larger one and learns the labels. Warm-up epochs: the full model only
+    (at its full token count; afterwards every member, the full width too, at a random keep rate
+    and resolution of the grid)."""
     dims = ctx.dims
-    if ctx.epoch < ctx.full_only_epochs or len(dims) == 1:
+    if ctx.epoch < ctx.full_only_epochs:
         return [Member(ctx.top(dims[0]))]
+    if len(dims) == 1:
+        return [Member(ctx.pick(dims[0]))]
     middle, mid = dims[1:-1], (dims[0] + dims[-1]) / 2
     chain = [dims[0]]
     for half in ([d for d in middle if d > mid], [d for d in middle if d <= mid]):
         if half:
             chain.append(ctx.rng.choice(half))
     chain.append(dims[-1])
-    plan = [Member(ctx.top(dims[0]))]
+    plan = [Member(ctx.pick(dims[0]))]
     plan += [Member(ctx.pick(d), labels=True, distil_from=i) for i, d in enumerate(chain[1:])]
     return plan
 
