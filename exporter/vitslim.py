@@ -9,7 +9,10 @@ a physically smaller static model.
    the heads with any surviving dim and, in each, its top ``round(surviving dims / heads)``.
 3. Index-select the weights into a `StaticViT` with per-layer sizes (`extract_structure`),
    fine-tune it briefly against the original model, and save it with the structure in the
-   checkpoint metadata (`NonUniformViT`, `save_searched`, `load_searched`).
+   checkpoint metadata (`NonUniformViT`, `save_searched`, `load_searched` in `exporter.searched`).
+
+Data: the built-in digits training split, or a folder / ``.npz`` read as calibration reads it;
+without labels the task loss is the KL to the unpruned model.
 """
 
 from __future__ import annotations
