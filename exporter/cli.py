@@ -184,6 +184,7 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] =
                           log=lambda r: step(f"epoch {r['epoch']} loss {r['loss']:.3f}"))
     del n_art
     out_console.print(variant_table(result.manifest, f"bundle {result.bundle}"))
+    print_precisions(result.manifest)
     console.print(f"checkpoint: {result.checkpoint}\nbundle:     {result.bundle}/manifest.json")
 
 

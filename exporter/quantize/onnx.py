@@ -44,10 +44,38 @@ def _finish(src: Path, job: QuantJob, precision: str) -> None:
     job.out.write_bytes(model.SerializeToString(deterministic=True))
 
 
-def _edge_nodes(model: onnx.ModelProto) -> tuple[str, str]:
-    """Names of the first weighted node (patch embedding) and the last one (the head)."""
-    weighted = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    return weighted[0], weighted[-1]
+def _float_nodes(model: onnx.ModelProto, kinds: tuple[str, ...]) -> list[str]:
+    """Nodes to leave unquantized so each sensitive kind stays in float end to end.
+
+    Softmax and Gelu have no QDQ kernel, but the ops around them would still quantize their
+    inputs/outputs: for softmax the two attention MatMuls (activation x activation), for gelu
+    the layer that consumes its output (fc2). first/last are the patch embedding and the head.
+    """
+    weights = {t.name for t in model.graph.initializer}
+    nodes = list(model.graph.node)
+    weighted = [n for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")
+                and any(i in weights for i in n.input)]
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    names: list[str] = []
+    if "softmax" in kinds:
+        names += [n.name for n in nodes if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
+    if "gelu" in kinds:
+        for g in (n for n in nodes if n.op_type == "Gelu"):
+            frontier = list(g.output)
+            while frontier:  # follow reshapes to the layer that reads the GELU output
+                for c in consumers.get(frontier.pop(), []):
+                    if c.op_type in ("Reshape", "Transpose"):
+                        frontier += list(c.output)
+                    else:
+                        names.append(c.name)
+    if "first" in kinds and weighted:
+        names.append(weighted[0].name)
+    if "last" in kinds and weighted:
+        names.append(weighted[-1].name)
+    return list(dict.fromkeys(names))
 
 
 def quantize_fp16(job: QuantJob) -> None:
@@ -88,9 +116,8 @@ def quantize_int8(job: QuantJob) -> None:
     with tempfile.TemporaryDirectory() as work:
         pre = _prepared(job.fp32_path, Path(work))
         model = onnx.load(str(pre))
-        first, last = _edge_nodes(model)
         ops = [t for t in _QDQ_TYPES if t not in {_SENSITIVE_TYPES.get(k) for k in job.float_ops}]
-        exclude = [n for k, n in (("first", first), ("last", last)) if k in job.float_ops]
+        exclude = _float_nodes(model, job.float_ops)
         out = Path(work) / "int8.onnx"
         with _quiet():
             quantize_static(
@@ -110,9 +137,7 @@ def quantize_int8_dynamic(job: QuantJob) -> None:
 
     with tempfile.TemporaryDirectory() as work:
         pre = _prepared(job.fp32_path, Path(work))
-        model = onnx.load(str(pre))
-        first, last = _edge_nodes(model)
-        exclude = [n for k, n in (("first", first), ("last", last)) if k in job.float_ops]
+        exclude = _float_nodes(onnx.load(str(pre)), job.float_ops)
         out = Path(work) / "dyn.onnx"
         with _quiet():
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm"],
