@@ -63,10 +63,12 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                              calibration_method: str = "minmax", max_drop: float = 0.01,
                              warn: Callable[[str], None] | None = None,
                              policy: str | Path | dict[str, Any] | None = None, nhwc: bool = False,
-                             keep_going: bool = False, coreml_target: str = "iOS17") -> dict[str, Any]:
+                             keep_going: bool = False, coreml_target: str = "iOS17",
+                             resume: bool = False, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """`export_bundle` with an evaluation set chosen by name (``builtin`` = digits held-out) and
     the precisions beyond fp32, calibrated on ``calibration`` (see `exporter.quantize`);
-    ``coreml_target`` is the Core ML minimum deployment target."""
+    ``coreml_target`` is the Core ML minimum deployment target; ``resume`` takes artifacts a
+    killed export finished from the artifact cache (``cache_dir``)."""
     from exporter.quantize import quantize_options
 
     eval_set = None
@@ -82,4 +84,5 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                              method=calibration_method, max_drop=max_drop, warn=warn)
     return export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
                          quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
-                         format_options={"coreml": {"deployment_target": coreml_target}})
+                         format_options={"coreml": {"deployment_target": coreml_target}},
+                         resume=resume, cache_dir=cache_dir)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from calibration.data import ImageSet
+from exporter.cache import ArtifactCache, default_cache_dir, publish_bundle, stage_bundle
 from exporter.checkpoint import LoadedModel
 from exporter.config import Subnet, VariantGrid
 from exporter.cost import mac_count, param_count
@@ -89,10 +90,11 @@ def artifact_metadata(loaded: LoadedModel, s: Subnet, layout: str = "NCHW") -> d
 
 
 def export_variant(loaded: LoadedModel, s: Subnet, fmt: ExportFormat, out: Path,
-                   real_inputs: np.ndarray | None) -> dict[str, Any]:
+                   real_inputs: np.ndarray | None, cache: ArtifactCache | None = None) -> dict[str, Any]:
     """Export, validate and place one artifact; returns its manifest entry.
 
-    The file appears at its final path only after validation passed.
+    The file appears at its final path only after validation passed. With a ``cache``, the
+    finished artifact is stored in it, and taken from it instead when it resumes an export.
     """
     module = extract_variant(loaded.model, s)
     shape = (1, loaded.model.cfg.in_chans, s.resolution, s.resolution)
@@ -102,19 +104,27 @@ def export_variant(loaded: LoadedModel, s: Subnet, fmt: ExportFormat, out: Path,
         checks.append(real_inputs[:VALIDATION_REAL])
     rel = Path(fmt.name) / f"{s.id}.fp32{fmt.suffix}"
     target = out / rel
+    metadata = {**artifact_metadata(loaded, s, fmt.layout), "slimvit.precision": "fp32"}
+    key = None if cache is None else cache.key(
+        weights=loaded.weights_sha256, subnet=s, format=fmt.name, options=vars(fmt), precision="fp32",
+        metadata=metadata, validation=checks, path=rel.as_posix())
+    if cache is not None and (done := cache.fetch(key, target)) is not None:
+        return done
     is_dir = fmt.suffix in DIRECTORY_SUFFIXES
     with (atomic_dir if is_dir else atomic_path)(target) as tmp:
-        fmt.export(module, example, tmp, {**artifact_metadata(loaded, s, fmt.layout),
-                                          "slimvit.precision": "fp32"})
+        fmt.export(module, example, tmp, metadata)
         if fmt.can_run:
             # Compare against the slimmable model itself, not only the extracted module.
             reference = _SubnetForward(loaded.model, s)
             report = validate_artifact(fmt, tmp, reference, np.concatenate(checks), what=s.id)
         else:
             report = check_artifact(fmt, tmp, module, example, host=platform.system())
-    return {"format": fmt.name, "precision": "fp32", "path": rel.as_posix(),
-            "sha256": sha256_tree(target) if is_dir else sha256_file(target),
-            "bytes": tree_bytes(target), "validation": report.to_dict()}
+    entry = {"format": fmt.name, "precision": "fp32", "path": rel.as_posix(),
+             "sha256": sha256_tree(target) if is_dir else sha256_file(target),
+             "bytes": tree_bytes(target), "validation": report.to_dict()}
+    if cache is not None:
+        cache.store(key, target, entry)
+    return entry
 
 
 class IncompleteBundleError(SlimvitError):
@@ -141,8 +151,13 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
                   quantize: QuantizeOptions | None = None,
                   policy: str | Path | dict[str, Any] | None = None, nhwc: bool = False,
                   keep_going: bool = False,
-                  format_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                  format_options: dict[str, dict[str, Any]] | None = None,
+                  resume: bool = False, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Export every variant of ``grid`` in every format into the bundle directory ``out``.
+
+    Crash-safe (docs/determinism.md): the bundle is written into a staging directory beside
+    ``out`` and swapped in whole when its manifest is written; killed before that, the
+    previous bundle at ``out`` is untouched.
 
     Args:
         loaded: the slimmable model and its labels/preprocessing.
@@ -160,6 +175,10 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         keep_going: an artifact that fails to convert or validate is left out and the rest
             still complete; `IncompleteBundleError` lists the failures after the manifest is written.
         format_options: per-format constructor options, e.g. ``{"coreml": {"deployment_target": "iOS16"}}``.
+        resume: take artifacts a killed (or earlier) export finished from the artifact cache
+            instead of exporting them again.
+        cache_dir: the artifact cache (default ``$SLIMVIT_CACHE_DIR`` or ``.NAME.slimvit-cache``
+            beside ``out``); every finished artifact is stored there.
 
     Returns:
         The manifest written to ``out/manifest.json``.
@@ -170,7 +189,7 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         ExportError: a converter cannot handle a variant (names the variant and the op).
         IncompleteBundleError: with ``keep_going``, after writing the bundle without the failures.
     """
-    out = Path(out)
+    final = Path(out)
     fmts = [get_format(f, **_format_options(f, nhwc, format_options)) for f in dict.fromkeys(formats)]
     policy = user_policy(policy)  # a bad policy file fails before any export work
     subnets = grid.subnets(loaded.model.cfg)
@@ -183,6 +202,8 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
     if quantize is not None:
         quantize.check([f.name for f in fmts])
     variants, excluded, failures = [], [], []
+    cache = ArtifactCache(cache_dir or default_cache_dir(final), resume)
+    out = stage_bundle(final)  # everything below writes here; `final` changes only at the end
     for s in subnets:
         entry = variant_entry(loaded, s)
         real = None
@@ -195,7 +216,7 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
             if progress:
                 progress(f"{s.id} {fmt.name}")
             try:
-                art = export_variant(loaded, s, fmt, out, real)
+                art = export_variant(loaded, s, fmt, out, real, cache)
             except SlimvitError as e:
                 if not keep_going:
                     raise
@@ -232,6 +253,7 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         manifest["calibration"] = quantize.describe(excluded)
     attach_policy(manifest, out, policy)
     write_manifest(out, manifest)
+    publish_bundle(out, final)
     if failures:
         raise IncompleteBundleError(failures, manifest)
     return manifest

@@ -141,6 +141,10 @@ def export(checkpoint: CheckpointArg,
                "--keep-going", help="Leave out artifacts that fail; finish the rest, list failures.")] = False,
            coreml_target: Annotated[str, typer.Option(
                "--coreml-target", help="Core ML minimum deployment target (iOS16, iOS17, iOS18, macOS13..15).")] = "iOS17",
+           resume: Annotated[bool, typer.Option(
+               "--resume", help="Reuse artifacts a killed or earlier export finished (artifact cache).")] = False,
+           cache_dir: Annotated[Path | None, typer.Option(
+               "--cache-dir", help="Artifact cache (default: .OUT.slimvit-cache beside --out).")] = None,
            ) -> None:
     """Export every variant of the grid as validated artifacts plus manifest.json."""
     from exporter.api import export_checkpoint_bundle
@@ -158,7 +162,8 @@ def export(checkpoint: CheckpointArg,
                 calibration=calibration, calibration_samples=calibration_samples,
                 calibration_method=calibration_method, max_drop=max_drop / 100,
                 warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False), policy=policy,
-                nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target)
+                nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target, resume=resume,
+                cache_dir=cache_dir)
     except IncompleteBundleError as e:  # --keep-going: show what was written, then the failures
         out_console.print(variant_table(e.manifest, f"bundle {out} (incomplete)"))
         for variant, fmt, why in e.failures:
