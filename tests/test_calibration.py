@@ -140,3 +140,22 @@ def test_int8_without_calibration_data_is_a_clear_error():
         QuantizeOptions(("int8",)).check(["onnx"])
     assert QuantizeOptions(("fp16", "int8-dynamic")).check(["onnx"]) == ["fp32", "fp16", "int8-dynamic"]
     assert isinstance(load_calibration("builtin", PRE, samples=2), CalibrationSet)
+
+
+def test_cli_bad_calibration_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from exporter.checkpoint import save_checkpoint
+    from tests.conftest import tiny_model
+
+    ckpt = save_checkpoint(tiny_model(), tmp_path / "tiny.safetensors")
+    for extra, message in ((["--precisions", "fp32,int8"], "int8 needs calibration data"),):
+        out = tmp_path / "bundle"
+        r = subprocess.run([sys.executable, "-m", "exporter.cli", "export", str(ckpt), "--out", str(out),
+                            "--widths", "1.0", "--keep-rates", "1.0", *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+        line = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(line) == 1 and message in r.stderr.replace("\n", " "), r.stderr
+        assert not out.exists()
