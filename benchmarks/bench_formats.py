@@ -6,7 +6,7 @@ The bare call is what a user would write by hand: `torch.onnx.export`, `litert_t
 `torch.export` + `coremltools.convert` (+ saving the file). Ours adds metadata, signature names, the
 graph checks and, for Core ML, the description fields. Validation is timed separately: it is the
 point of the tool, not overhead. Times are CPU seconds of this process (wall-clock time on a shared
-machine swings with its load); bare and ours alternate per variant so drift hits both alike.
+machine swings with its load); bare and ours run back to back for each variant.
 
 Run: .venv/bin/python benchmarks/bench_formats.py   (about 3 minutes)
 """
@@ -134,14 +134,14 @@ def main() -> None:
         f"Host: {host()}. Measured {datetime.date.today().isoformat()}; torch threads 1. "
         "Demo model (embed 64, depth 4, 4 heads, patch 8), random weights. CPU seconds of this "
         "process (the shared machine's load makes wall time swing); bare converter and slimvit's "
-        "export alternate per variant.",
+        "export run back to back for each variant.",
         "### Export: slimvit vs the bare converter call (goal: overhead <= 10%)",
         md_table(["format", "median overhead", "worst variant", "goal met"], summary),
         md_table(["variant", "format", "bare converter s", "slimvit export s", "overhead",
                   "own post-processing s (share of bare)", "validation s (4 inputs; Core ML: program check)"],
                  rows),
-        "The overhead column subtracts two converter runs and carries their run-to-run noise (a few "
-        "per cent either way); the post-processing column times slimvit's own step alone.",
+        "The overhead column subtracts two converter runs and carries their run-to-run noise (up to "
+        "~30% either way on this shared, overloaded 2-core machine); the post-processing column times slimvit's own step alone.",
         "### Latency: TFLite (XNNPACK, 1 thread) vs ONNX Runtime (CPU EP, 1 thread)",
         "Median of 200 runs after 20 warm-up runs, batch 1, on the exported fp32 artifacts.",
         md_table(["variant", "ONNX Runtime ms", "TFLite ms", "TFLite / ORT"], lat_rows),
