@@ -141,7 +141,8 @@ def main() -> None:
                   "own post-processing s (share of bare)", "validation s (4 inputs; Core ML: program check)"],
                  rows),
         "The overhead column subtracts two converter runs and carries their run-to-run noise (up to "
-        "~30% either way on this shared, overloaded 2-core machine); the post-processing column times slimvit's own step alone.",
+        "~30% either way on this shared, overloaded 2-core machine); the post-processing column "
+        "times slimvit's own step alone.",
         "### Latency: TFLite (XNNPACK, 1 thread) vs ONNX Runtime (CPU EP, 1 thread)",
         "Median of 200 runs after 20 warm-up runs, batch 1, on the exported fp32 artifacts.",
         md_table(["variant", "ONNX Runtime ms", "TFLite ms", "TFLite / ORT"], lat_rows),
