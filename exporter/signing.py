@@ -61,7 +61,8 @@ def generate_keypair(private_path: str | Path, public_path: str | Path | None = 
     key = Ed25519PrivateKey.generate()
     phrase = os.environ.get(PASSPHRASE_ENV)
     enc = ser.BestAvailableEncryption(phrase.encode()) if phrase else ser.NoEncryption()
-    with atomic_path(private_path) as tmp:  # mkstemp creates it 0600
+    with atomic_path(private_path) as tmp:
+        tmp.chmod(0o600)  # owner only, before the secret is written
         tmp.write_bytes(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, enc))
     atomic_write_bytes(public_path, key.public_key().public_bytes(
         ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
