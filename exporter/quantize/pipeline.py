@@ -23,7 +23,7 @@ import torch
 from calibration.data import Preprocess
 from calibration.sources import CalibrationSet, load_calibration
 from exporter.errors import ConfigError
-from exporter.fileio import sha256_file
+from exporter.fileio import sha256_file, sha256_tree
 from exporter.formats.base import ExportFormat
 from exporter.quantize.registry import (
     FP32, SENSITIVE_OPS, Precision, QuantJob, check_method, check_precisions, get_precision,
@@ -197,14 +197,9 @@ def _place(src: Path, target: Path) -> None:
 
 
 def _digest(path: Path) -> str:
-    if path.is_file():
-        return sha256_file(path)
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0" + sha256_file(f).encode())
-    return h.hexdigest()
+    """The manifest's hash: a directory artifact by the documented `sha256_tree` recipe
+    (docs/bundle-format.md), which apps and `slimvit verify` recompute."""
+    return sha256_file(path) if path.is_file() else sha256_tree(path)
 
 
 def _size(path: Path) -> int:
