@@ -128,11 +128,11 @@ class ProgramInfo:
 
 def program_info(path: Path) -> ProgramInfo:
     """Read a saved `.mlpackage`: I/O, ops, types, weights and metadata (works off macOS)."""
-    import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
-    from coremltools.converters.mil.mil import types
+    with quiet():  # importing coremltools off macOS logs that its runtime is missing
+        import coremltools as ct
+        from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+        from coremltools.converters.mil.mil import types
 
-    with quiet():
         model = ct.models.MLModel(str(path), skip_model_load=True)
         spec = model.get_spec()
         program = load_milproto(spec, spec.specificationVersion, model.weights_dir)
