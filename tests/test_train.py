@@ -26,7 +26,7 @@ from tests.conftest import TINY, tiny_model
 
 # A quick run: 160 digits, batches of 32, 8 variants (2 widths x 2 keep rates x 32/24 px).
 QUICK = dict(train_limit=160, batch_size=32, epochs=2, warmup_epochs=0, lr=3e-3, widths=(0.5, 1.0),
-             keep_rates=(1.0, 0.5), resolutions=(32, 24))
+             keep_rates=(1.0, 0.5), resolutions=(32, 24), full_only_epochs=0)
 
 
 @pytest.fixture(autouse=True)

