@@ -228,8 +228,16 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
                 art["accuracy"] = acc.to_dict()
             entry["artifacts"].append(art)
             if quant is not None:
-                arts, skipped = quant.export(fmt, s.id, extract_variant(model, s), out / art["path"],
-                                             out, artifact_metadata(loaded, s, fmt.layout))
+                qkey = cache.key(weights=loaded.weights_sha256, subnet=s, format=fmt.name, options=vars(fmt),
+                                 metadata=artifact_metadata(loaded, s, fmt.layout), quant=quant.opts,
+                                 calibration=quant.calibration,
+                                 eval=(quant.data.inputs, quant.data.labels, quant.data.name))
+                done = cache.fetch_group(qkey, out)
+                if done is None:
+                    done = quant.export(fmt, s.id, extract_variant(model, s), out / art["path"],
+                                        out, artifact_metadata(loaded, s, fmt.layout))
+                    cache.store_group(qkey, out, *done)
+                arts, skipped = done
                 entry["artifacts"] += arts
                 excluded += skipped
         variants.append(entry)

@@ -118,6 +118,47 @@ class ArtifactCache:
         self.stored.append(key)
 
 
+    def fetch_group(self, key: str, out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """With ``resume``: place a cached group of artifacts (a variant's quantized precisions)
+        under ``out``; returns their manifest entries and the precisions left out, or None."""
+        if not self.resume:
+            return None
+        d = self._dir(key)
+        try:
+            doc = json.loads((d / ENTRY_NAME).read_text())
+            arts, excluded = list(doc["artifacts"]), list(doc["excluded"])
+            files = [(d / "files" / a["path"], out / a["path"], a["sha256"]) for a in arts]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not all(src.exists() and _digest(src) == digest for src, _, digest in files):
+            return None
+        for src, dst, _ in files:
+            _place(src, dst)
+        self.hits.append(key)
+        return arts, excluded
+
+    def store_group(self, key: str, out: Path, arts: list[dict[str, Any]],
+                    excluded: list[dict[str, Any]]) -> None:
+        """Copy a group of finished artifacts (paths relative to ``out``) into the cache."""
+        d = self._dir(key)
+        if (d / ENTRY_NAME).exists():
+            return
+        tmp = d.with_name(f".{key}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for a in arts:
+            src, dst = out / a["path"], tmp / "files" / a["path"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+        atomic_write_json(tmp / ENTRY_NAME, {"artifacts": arts, "excluded": excluded})
+        try:
+            os.replace(tmp, d)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        self.stored.append(key)
+
+
 def stage_bundle(final: Path) -> Path:
     """A fresh staging directory beside ``final`` (stale ones of dead exports are removed, and
     a bundle left aside by an interrupted non-Linux swap is put back)."""

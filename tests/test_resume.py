@@ -90,7 +90,7 @@ def test_cache_keys_hits_and_damaged_entries(tmp_path):
 
 def run_export(ckpt: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "exporter.cli", "export", str(ckpt), "--out", str(out),
-           "--widths", "0.5,1.0", "--keep-rates", "1.0", *extra]
+           "--widths", "0.5,1.0", "--keep-rates", "1.0", "--precisions", "fp32,fp16", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("SLIMVIT_CACHE_DIR", None)
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -98,7 +98,14 @@ def run_export(ckpt: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 
 def cache_entries(cache: Path) -> dict[str, Path]:
-    return {p.parent.name: p.parent for p in cache.glob("*/*/entry.json")}
+    """Finished cache entries: one per FP32 artifact, one per variant's group of precisions."""
+    return {p.parent.name: p.parent for p in cache.glob("*/*/entry.json")
+            if not p.parent.name.startswith(".")}  # not an entry still being written
+
+
+def inodes(entries: dict[str, Path]) -> dict[int, str]:
+    return {f.stat().st_ino: key for key, d in entries.items() for f in d.rglob("*")
+            if f.is_file() and f.name != "entry.json"}
 
 
 def test_kill_mid_export_keeps_the_previous_bundle_and_resume_finishes_it(tmp_path):
@@ -109,13 +116,14 @@ def test_kill_mid_export_keeps_the_previous_bundle_and_resume_finishes_it(tmp_pa
 
     proc = run_export(ckpt, out)
     deadline = time.monotonic() + 240
-    while not cache_entries(cache) and proc.poll() is None and time.monotonic() < deadline:
+    # Kill once the first variant is done: its FP32 artifact and its FP16 group.
+    while len(cache_entries(cache)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the export finished before it could be killed"
     done = cache_entries(cache)
-    assert len(done) == 1
+    assert len(done) == 2
     # The previous bundle: every byte as it was, and it verifies.
     assert {p: (out / p).read_bytes() for p in before} == before
     assert verify_bundle(out).ok
@@ -124,18 +132,16 @@ def test_kill_mid_export_keeps_the_previous_bundle_and_resume_finishes_it(tmp_pa
     _, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err.decode()[-2000:]
     report = verify_bundle(out)
-    assert report.ok and report.artifacts == 3  # 2 ONNX artifacts + policy vectors
+    assert report.ok and report.artifacts == 5  # 2 variants x (fp32 + fp16) ONNX + policy vectors
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["name"] == "new" and len(m["variants"]) == 2
     # Artifacts finished before the kill are hard links of their cache entries (reused); the rest
     # were exported by the resumed run (the cache holds copies of those, other inodes).
     entries = cache_entries(cache)
-    assert len(entries) == 2
-    cached_inodes = {os.stat(d / json.loads((d / "entry.json").read_text())["file"]).st_ino: k
-                     for k, d in entries.items()}
-    reused = {cached_inodes[os.stat(out / p).st_ino] for p in artifact_paths(out)
-              if os.stat(out / p).st_ino in cached_inodes}
-    assert reused == set(done)
+    assert len(entries) == 4
+    cached = inodes(entries)
+    reused = [cached[os.stat(out / p).st_ino] for p in artifact_paths(out) if os.stat(out / p).st_ino in cached]
+    assert len(reused) == 2 and set(reused) == set(done)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.slimvit-cache", "bundle", "new.safetensors"]
 
 
