@@ -14,6 +14,8 @@ from exporter.config import Variant, resolve
 from exporter.extract import extract_variant
 from exporter.fileio import sha256_file, sha256_tree
 from exporter.formats import get_format
+from exporter import verify
+from exporter.verify import runtime_problems
 from tests.conftest import tiny_model
 
 UUID = re.compile(rb"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
@@ -37,11 +39,25 @@ def test_tflite_artifacts_are_byte_stable(tmp_path):
     a, b = export_twice("tflite", tmp_path)
     assert a.stat().st_size > 10_000
     assert sha256_file(a) == sha256_file(b)
+    assert runtime_problems(a, "tflite") == []  # verify reads its schema version: 3
 
 
-def test_coreml_packages_differ_only_in_manifest_uuids(tmp_path):
+def test_verify_reads_the_core_ml_specification_version(coreml_pair, monkeypatch):
+    a, _ = coreml_pair
+    assert runtime_problems(a, "coreml") == []
+    monkeypatch.setattr(verify, "COREML_SPEC_VERSION", (9, 9))  # as if the apps needed iOS 18
+    assert runtime_problems(a, "coreml") == [
+        "Core ML specificationVersion 8 is outside 9..9, what the apps' runtimes load (docs/security.md)"]
+
+
+@pytest.fixture(scope="module")
+def coreml_pair(tmp_path_factory) -> tuple[Path, Path]:
     pytest.importorskip("coremltools")
-    a, b = export_twice("coreml", tmp_path)
+    return export_twice("coreml", tmp_path_factory.mktemp("coreml"))
+
+
+def test_coreml_packages_differ_only_in_manifest_uuids(coreml_pair):
+    a, b = coreml_pair
     files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
     differ = [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()]
