@@ -17,6 +17,8 @@ from exporter.extract import static_spec
 from exporter.ingest import ingest_reports  # noqa: F401  (slimvit ingest)
 from exporter.profile import profile_bundle  # noqa: F401  (slimvit profile)
 from exporter.report import write_report  # noqa: F401  (slimvit report)
+from exporter.signing import generate_keypair, sign_bundle  # noqa: F401  (slimvit keygen, sign)
+from exporter.verify import check_bundle, verify_bundle  # noqa: F401  (slimvit verify)
 from exporter.model import SlimmableViT
 
 EVAL_SETS = ("builtin",)
