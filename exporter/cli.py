@@ -217,7 +217,7 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
         signed = {None: "signature not checked", True: "signature valid", False: "signature INVALID"}
         verdict = "[green]ok[/]" if report.ok else f"[red]FAILED ({len(report.problems)} problem(s))[/]"
         console.print(f"{bundle}: {verdict}: {report.artifacts} file(s) checked, bundle_version "
-                      f"{report.bundle_version}, {signed[report.signed]}", highlight=False)
+                      f"{report.bundle_version}, {signed[report.signed]}", highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
