@@ -51,6 +51,14 @@ def main() -> None:
                      f"{100 * mean_s:.1f}", f"{100 * mean_t:.1f}", f"{100 * (mean_s - mean_t):+.1f}"])
     table = md_table(["width", f"slimmable k1.0 r{res}", "separate", "Δ p.p.", "slimmable mean (all keep x res)",
                       "separate mean", "Δ p.p."], rows)
+    deltas = {dim: slim.accuracies[f"w{dim}_k100_r{res}"] - twin.accuracies[f"w{dim}_k100_r{res}"]
+              for dim, twin in sep.per_width.items()}
+    behind = [f"embed {d} ({100 * v:+.1f} p.p.)" for d, v in deltas.items() if v < -0.005]
+    widths = "every width within 0.5 p.p. or above" if not behind else f"behind by > 0.5 p.p.: {', '.join(behind)}"
+    verdict = (f"Goal (every width within 0.5 p.p. of its separate twin or above, the smallest clearly above, "
+               f"at less total cost): smallest width {100 * deltas[min(deltas)]:+.1f} p.p.; "
+               f"{widths}; "
+               f"CPU cost {slim_cpu / sep_cpu:.2f}x of separate training.")
     cost = md_table(["approach", "models trained", "wall s", "CPU s"], [
         ["one slimmable network", 1, f"{slim_wall:.0f}", f"{slim_cpu:.0f}"],
         ["separate per width", len(sep.per_width), f"{sep_wall:.0f}", f"{sep_cpu:.0f}"]])
@@ -60,7 +68,7 @@ def main() -> None:
           f"Recipe `{cfg.recipe}`, "
           f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g}, for the slimmable network and for *each* "
           f"separate model (same per-model budget; each separate model trains its own keep rates and "
-          f"resolutions). Held-out top-1 in %.\n\n{table}\n\n{cost}\n\n"
+          f"resolutions). Held-out top-1 in %.\n\n{table}\n\n{cost}\n\n{verdict}\n\n"
           f"CPU seconds are the fairer cost on a shared machine; wall seconds include waiting for other "
           f"processes.\n")
     print(md)
