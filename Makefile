@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test test-py test-kotlin ios-vectors lint clean bench
+.PHONY: install demo test test-py test-kotlin test-web ios-vectors lint clean bench
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/slimvit demo --out demo_out
 
-test: test-py test-kotlin
+test: test-py test-kotlin test-web
 
 test-py: install
 	$(BIN)/python -m pytest -q tests
@@ -41,6 +41,19 @@ $(KOTLIN_JAR): $(KOTLIN_SRC)
 	mkdir -p $(dir $@) && rm -f $@
 	kotlinc $(KOTLIN_SRC) -include-runtime -nowarn -d $@ 2>&1 | grep -v "^OpenJDK.*deprecated" || true
 	test -f $@
+
+# The web demo: the JS policy on the shared vectors (node --test) and the page end to end in
+# Debian's headless Chromium through playwright-core, on a bundle the test builds itself.
+WEB_FIXTURE := web_demo/test-artifacts/fixture
+
+test-web: install web_demo/node_modules/.installed
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/python web_demo/tests/make_bundle.py $(WEB_FIXTURE)
+	cd web_demo && SLIMVIT_WEB_FIXTURE=$(abspath $(WEB_FIXTURE)) node --test tests/
+
+web_demo/node_modules/.installed: web_demo/package.json web_demo/package-lock.json
+	cd web_demo && npm ci --no-audit --no-fund
+	touch $@
 
 ios-vectors:
 	cp conformance/policy_vectors.json ios_demo/SlimvitPolicy/Tests/SlimvitPolicyTests/policy_vectors.json
