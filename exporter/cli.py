@@ -600,6 +600,13 @@ def train_sit(out: Path | None, teacher: str | None, token_reducer: str | None, 
     console.print(f"checkpoint: {result.checkpoint}", highlight=False)
 
 
+# typer >= 0.24 vendors click: catch both its exception classes and click's own.
+_CLICK_ERRORS = tuple({c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"}
+                      | {click.exceptions.ClickException})
+_EXITS = (typer.Exit, click.exceptions.Exit)
+_ABORTS = (typer.Abort, click.exceptions.Abort, KeyboardInterrupt)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
@@ -610,13 +617,13 @@ def main() -> None:
     except SlimvitError as e:
         console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.ClickException as e:
+    except _CLICK_ERRORS as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _ABORTS:
         console.print("aborted")
         sys.exit(130)
-    except click.exceptions.Exit as e:
+    except _EXITS as e:
         sys.exit(e.exit_code)
 
 

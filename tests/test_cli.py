@@ -60,3 +60,9 @@ def test_user_errors_are_one_line_without_traceback(ckpt, tmp_path, args, messag
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], r.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_unknown_options_are_usage_errors_not_tracebacks():
+    r = run("train", "--bogus")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "No such option: --bogus" in r.stderr
