@@ -33,21 +33,33 @@ ResOpt = Annotated[str | None, typer.Option("--resolutions", help="Input sizes (
 
 
 @contextmanager
-def progress_bar(total: int, what: str) -> Iterator[Any]:
-    """A rich progress bar; yields a callback that advances it with a description."""
+def progress_bars(*stages: tuple[int, str]) -> Iterator[list[Any]]:
+    """Rich progress bars, one per ``(total, what)`` stage, in one live display; yields one
+    callback per stage that advances its bar and shows a description."""
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(what, total=total)
-        first = [True]
+        steps, tasks, started = [], [], set()
+        for total, what in stages:
+            task = bar.add_task(what, total=total)
+            tasks.append((task, total, what))
 
-        def step(desc: str) -> None:
-            if not first[0]:
-                bar.advance(task)
-            first[0] = False
-            bar.update(task, description=f"{what}: {desc}")
+            def step(desc: str, task: Any = task, what: str = what) -> None:
+                if task in started:  # a call announces the next item: the previous one is done
+                    bar.advance(task)
+                started.add(task)
+                bar.update(task, description=f"{what}: {desc}")
 
+            steps.append(step)
+        yield steps
+        for task, total, what in tasks:
+            bar.update(task, completed=total, description=f"{what}: done")
+
+
+@contextmanager
+def progress_bar(total: int, what: str) -> Iterator[Any]:
+    """A rich progress bar; yields a callback that advances it with a description."""
+    with progress_bars((total, what)) as (step,):
         yield step
-        bar.update(task, completed=total, description=f"{what}: done")
 
 
 def _load(checkpoint: Path, checkpoint_format: str, num_heads: int | None, slicing: str | None,
@@ -140,7 +152,7 @@ def export(checkpoint: CheckpointArg,
            keep_going: Annotated[bool, typer.Option(
                "--keep-going", help="Leave out artifacts that fail; finish the rest, list failures.")] = False,
            coreml_target: Annotated[str, typer.Option(
-               "--coreml-target", help="Core ML minimum deployment target (iOS16, iOS17, iOS18, macOS13..15).")] = "iOS17",
+               "--coreml-target", help="Core ML minimum deployment target (iOS16..18, macOS13..15).")] = "iOS17",
            resume: Annotated[bool, typer.Option(
                "--resume", help="Reuse artifacts a killed or earlier export finished (artifact cache).")] = False,
            cache_dir: Annotated[Path | None, typer.Option(
@@ -183,11 +195,10 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] =
     from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
 
     train = dataclasses.replace(DEMO_TRAIN, epochs=epochs or DEMO_TRAIN.epochs)
-    n_art = len(DEMO_GRID.subnets(DEMO_MODEL))
-    with progress_bar(train.epochs, "train") as step:
-        result = run_demo(out, train, progress=None, formats=DEMO_FORMATS,
+    n_art = len(DEMO_GRID.subnets(DEMO_MODEL)) * len(DEMO_FORMATS)
+    with progress_bars((train.epochs, "train"), (n_art, "export")) as (step, export_step):
+        result = run_demo(out, train, progress=export_step, formats=DEMO_FORMATS,
                           log=lambda r: step(f"epoch {r['epoch']} loss {r['loss']:.3f}"))
-    del n_art
     out_console.print(variant_table(result.manifest, f"bundle {result.bundle}"))
     print_precisions(result.manifest)
     console.print(f"checkpoint: {result.checkpoint}\nbundle:     {result.bundle}/manifest.json")
