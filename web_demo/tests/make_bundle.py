@@ -67,7 +67,10 @@ def build(out: Path) -> None:
     picked = [int(i) for i in np.argsort(-margin) if margin[i] > 0]
     if not picked:
         raise SystemExit("no held-out digit is classified right by every tier; train longer")
-    picked = [next(i for i in picked if test.labels[i] == d) for d in range(10) if any(test.labels[i] == d for i in picked)]
+    by_digit = {}
+    for i in picked:  # the clearest sample of each digit
+        by_digit.setdefault(int(test.labels[i]), i)
+    picked = [by_digit[d] for d in sorted(by_digit)]
     (tmp / "samples").mkdir(parents=True)
     samples = []
     for i in picked[:6]:
