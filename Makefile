@@ -7,15 +7,15 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install demo test test-py test-kotlin test-web ios-vectors lint clean bench
+.PHONY: install demo test test-py test-kotlin test-web ios-vectors lock lint clean bench
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: install
@@ -57,6 +57,11 @@ web_demo/node_modules/.installed: web_demo/package.json web_demo/package-lock.js
 
 ios-vectors:
 	cp conformance/policy_vectors.json ios_demo/SlimvitPolicy/Tests/SlimvitPolicyTests/policy_vectors.json
+
+# Refresh constraints.txt from the current, working .venv.
+lock: install
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch=='; echo '$(TORCH)'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 lint: install
 	$(BIN)/ruff check .
