@@ -25,6 +25,7 @@ from typing import Any
 from exporter.errors import SlimvitError
 from exporter.manifest import read_manifest, write_manifest
 from exporter.pareto import bundle_fronts
+from exporter.policy_bundle import refresh_bundle_policy
 
 REPORT_FORMAT = "slimvit-device-report/1"
 REPORT_SCHEMA = "device_report.schema.json"
@@ -324,6 +325,7 @@ def ingest_reports(bundle: str | Path, reports: Sequence[str | Path], device_id:
         merge_report(manifest, report, where, result)
     if result.merged:
         manifest["pareto"] = bundle_fronts(manifest)
+        refresh_bundle_policy(manifest, bundle)
         write_manifest(bundle, manifest)
     return result
 

@@ -230,6 +230,13 @@ def attach_policy(manifest: dict[str, Any], out: str | Path,
                                   "cases": len(doc["cases"])}
 
 
+def refresh_bundle_policy(manifest: dict[str, Any], out: str | Path) -> None:
+    """After new latency measurements (profile, ingest): keep the bundle's policy, re-read its
+    p50 table and regenerate its conformance vectors, so the policy never lags the manifest."""
+    if "policy" in manifest:
+        attach_policy(manifest, out, policy=refresh_latency(manifest["policy"], manifest))
+
+
 def refresh_latency(policy: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
     """``policy`` with ``latency.p50_ms`` re-read from the manifest's measurements; budgets kept."""
     by_id = {v["id"]: v for v in manifest["variants"]}

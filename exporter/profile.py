@@ -23,6 +23,7 @@ from typing import Any
 from exporter.errors import SlimvitError, check_choice
 from exporter.manifest import read_manifest, write_manifest
 from exporter.pareto import bundle_fronts
+from exporter.policy_bundle import refresh_bundle_policy
 from exporter.profile_worker import RUNTIMES, Runtime
 
 Progress = Callable[[str], None]
@@ -190,6 +191,7 @@ def profile_bundle(bundle: str | Path, runtimes: Sequence[str] | None = None, th
         arts[job.variant, job.artifact["path"]].setdefault("latency", {})[dev_id] = entry
     manifest.setdefault("devices", {})[dev_id] = device
     manifest["pareto"] = bundle_fronts(manifest)
+    refresh_bundle_policy(manifest, bundle)
     write_manifest(bundle, manifest)
     return manifest
 

@@ -140,3 +140,23 @@ def test_cli_profile_prints_the_table_and_exits_2_on_bad_input(tmp_path, capsys,
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 2 and 'did you mean "litert"' in capsys.readouterr().err
+
+
+def test_profiling_refreshes_the_policy_latency_table_and_its_vectors():
+    """The policy's p50 table follows the new measurements; the shipped vectors match it."""
+    import json
+
+    from exporter.fileio import sha256_file
+
+    bundle, manifest = profiled_bundle()
+    dev, _ = host_device()
+    policy = manifest["policy"]
+    p50 = policy["latency"]["p50_ms"][dev]
+    by_id = {v["id"]: v for v in manifest["variants"]}
+    for tier in policy["tiers"]:
+        measured = [a["latency"][dev]["p50_ms"] for a in by_id[tier]["artifacts"]
+                    if a["precision"] == "fp32" and dev in a.get("latency", {})]
+        assert p50[tier] == min(measured)
+    vectors = json.loads((bundle / "policy_vectors.json").read_text())
+    assert vectors["policy"] == policy
+    assert manifest["policy_vectors"]["sha256"] == sha256_file(bundle / "policy_vectors.json")
