@@ -99,19 +99,30 @@ class ArtifactCache:
 
     def store(self, key: str, artifact: Path, entry: dict[str, Any]) -> None:
         """Copy a finished artifact and its manifest entry into the cache (atomically)."""
-        d = self._dir(key)
-        if (d / ENTRY_NAME).exists():
+        tmp = self._staging(key)
+        if tmp is None:
             return
-        tmp = d.with_name(f".{key}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         if artifact.is_dir():
             shutil.copytree(artifact, tmp / artifact.name)
         else:
             shutil.copy2(artifact, tmp / artifact.name)
-        atomic_write_json(tmp / ENTRY_NAME, {"file": artifact.name, "manifest": entry})
+        self._commit(key, tmp, {"file": artifact.name, "manifest": entry})
+
+    def _staging(self, key: str) -> Path | None:
+        """A fresh temporary directory for entry ``key``, or None when it is already cached."""
+        d = self._dir(key)
+        if (d / ENTRY_NAME).exists():
+            return None
+        tmp = d.with_name(f".{key}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def _commit(self, key: str, tmp: Path, entry: dict[str, Any]) -> None:
+        """Write the entry file last, then rename the staged directory into place."""
+        atomic_write_json(tmp / ENTRY_NAME, entry)
         try:
-            os.replace(tmp, d)
+            os.replace(tmp, self._dir(key))
         except OSError:  # another export stored the same key first
             shutil.rmtree(tmp, ignore_errors=True)
             return
@@ -140,23 +151,14 @@ class ArtifactCache:
     def store_group(self, key: str, out: Path, arts: list[dict[str, Any]],
                     excluded: list[dict[str, Any]]) -> None:
         """Copy a group of finished artifacts (paths relative to ``out``) into the cache."""
-        d = self._dir(key)
-        if (d / ENTRY_NAME).exists():
+        tmp = self._staging(key)
+        if tmp is None:
             return
-        tmp = d.with_name(f".{key}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         for a in arts:
             src, dst = out / a["path"], tmp / "files" / a["path"]
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
-        atomic_write_json(tmp / ENTRY_NAME, {"artifacts": arts, "excluded": excluded})
-        try:
-            os.replace(tmp, d)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        self.stored.append(key)
+        self._commit(key, tmp, {"artifacts": arts, "excluded": excluded})
 
 
 def stage_bundle(final: Path) -> Path:
