@@ -73,7 +73,7 @@ class CoreMLFormat(ExportFormat):
                 )
         except Exception as e:  # the converter raises many types; name the op for the user
             raise converter_error(self.name, metadata, e) from e
-        _describe(mlmodel, metadata, x.shape)
+        describe(mlmodel, metadata, x.shape)
         with quiet():
             mlmodel.save(str(path))
 
@@ -177,7 +177,7 @@ def ane_unverified(info: ProgramInfo) -> dict[str, int]:
     return {op: n for op, n in info.ops.items() if op in ANE_UNVERIFIED_OPS}
 
 
-def _describe(mlmodel: Any, metadata: Mapping[str, str], shape: torch.Size) -> None:
+def describe(mlmodel: Any, metadata: Mapping[str, str], shape: torch.Size) -> None:
     """Core ML's own metadata fields, as Xcode shows them, plus every slimvit key."""
     variant = metadata.get("slimvit.variant_id", "")
     labels = json.loads(metadata.get("slimvit.labels", "[]"))

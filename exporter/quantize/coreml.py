@@ -1,20 +1,17 @@
 """Core ML precisions with `coremltools.optimize.coreml`, from the validated FP32 `.mlpackage`
 (fp16 is converted again from the static module with ``compute_precision=FLOAT16``):
 fp16, int8-weights (per-channel symmetric int8 weights), palettized (6-bit k-means weight
-palettes) and int8 (W8A8: weights plus activations from calibration data).
+palettes) and int8 (W8A8: weights plus activations from calibration data, see `coreml_w8a8`).
 
 Core ML predicts only on macOS, so accuracy is measured on the same quantization simulated in
 PyTorch: the artifact's own compressed weights, decompressed by coremltools
 (`decompress_weights`), are loaded into the variant's PyTorch module; fp16 runs the module in
-float16. int8 activation calibration (`linear_quantize_activations`) runs the model to collect
-ranges, which coremltools does only through macOS's Core ML, so int8 is left out off macOS,
-with that reason.
+float16; int8 runs the calibrated module the artifact was converted from.
 """
 
 from __future__ import annotations
 
 import copy
-import sys
 import tempfile
 from pathlib import Path
 
@@ -71,23 +68,46 @@ def quantize_fp16(job: QuantJob) -> None:
                                     {**job.metadata, "slimvit.precision": "fp16"})
 
 
-def quantize_int8(job: QuantJob) -> None:
-    import coremltools.optimize as cto
+# Calibrated modules by artifact path: the simulation of an int8 artifact is the module it was
+# converted from (rebuilt, deterministically, when the artifact was made by another process).
+_CALIBRATED: dict[str, torch.nn.Module] = {}
+
+
+def _calibrated(job: QuantJob) -> torch.nn.Module:
+    from exporter.quantize.coreml_w8a8 import calibrated_module
 
     if job.calibration is None:
         raise ValueError("W8A8 int8 needs calibration inputs")
-    if sys.platform != "darwin":
-        raise RuntimeError("coremltools collects activation ranges for W8A8 by running the model "
-                           "(linear_quantize_activations), which needs macOS; export int8 on a Mac")
+    key = str(job.out)
+    if key not in _CALIBRATED:
+        _CALIBRATED.clear()  # one variant at a time: do not hold every variant's module
+        with quiet():
+            _CALIBRATED[key] = calibrated_module(job.module, job.example, job.calibration,
+                                                 job.float_ops)
+    return _CALIBRATED[key]
+
+
+def quantize_int8(job: QuantJob) -> None:
+    from exporter.formats.coreml import INPUT_NAME, OUTPUT_NAME, describe, program_info
+    from exporter.quantize import coreml_w8a8 as w8a8
+
+    calibrated = _calibrated(job)
     with quiet():
-        config = cto.coreml.OptimizationConfig(
-            global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric"))
-        samples = [{"pixel_values": job.calibration[i:i + 1]} for i in range(len(job.calibration))]
-        a8 = cto.coreml.linear_quantize_activations(_mlmodel(job.fp32_path), config, samples)
-        w8a8 = cto.coreml.linear_quantize_weights(a8, cto.coreml.OptimizationConfig(
-            global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric",
-                                                             granularity="per_channel")))
-        _save(w8a8, job, "int8")
+        mlmodel = w8a8.convert(calibrated, job.example, INPUT_NAME, OUTPUT_NAME)
+        describe(mlmodel, {**job.metadata, "slimvit.precision": "int8"}, job.example.shape)
+        mlmodel.save(str(job.out))
+    info = program_info(job.out)
+    problems = w8a8.check_program(info.consts, info.ops, w8a8.activation_scales(calibrated),
+                                  w8a8.quantized_weights(calibrated))
+    if problems:
+        raise RuntimeError(f"the W8A8 program differs from its calibrated module: {'; '.join(problems)}")
+
+
+def simulate_int8(job: QuantJob, inputs: np.ndarray) -> np.ndarray:
+    calibrated = _calibrated(job)
+    with torch.no_grad():
+        return np.concatenate([calibrated(torch.from_numpy(inputs[i:i + 64])).numpy()
+                               for i in range(0, len(inputs), 64)])
 
 
 def artifact_weights(path: Path) -> dict[str, np.ndarray]:
@@ -150,7 +170,10 @@ PALETTIZED = register(Precision("palettized", "coreml", f"{PALETTE_BITS}-bit k-m
                                 "(palettize_weights), float activations", calibrated=False,
                                 min_agreement=0.8, quantize=quantize_palettized,
                                 simulate=simulate_weights, simulation=_WEIGHTS))
-INT8 = register(Precision("int8", "coreml", "W8A8: int8 activations from calibration "
-                          "(linear_quantize_activations) and per-channel int8 weights",
-                          calibrated=True, min_agreement=0.8, quantize=quantize_int8,
-                          simulate=simulate_weights, simulation=_WEIGHTS))
+INT8 = register(Precision("int8", "coreml", "W8A8: uint8 activations calibrated with min/max "
+                          "observers (coremltools.optimize.torch LinearQuantizer) and per-channel "
+                          "symmetric int8 weights; iOS17+", calibrated=True, min_agreement=0.8,
+                          quantize=quantize_int8, simulate=simulate_int8,
+                          simulation="PyTorch running the calibrated module the artifact was "
+                          "converted from, in float32 (same activation scales and int8 weights, "
+                          "checked; Core ML does not run off macOS)"))

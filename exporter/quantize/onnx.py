@@ -122,12 +122,17 @@ def quantize_int8(job: QuantJob) -> None:
         with _quiet():
             quantize_static(
                 str(pre), str(out), _Reader(model.graph.input[0].name, job.calibration),
-                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                # U8 activations / S8 weights: ONNX Runtime's recommendation for x86 (VNNI) CPUs.
+                # U8 activations / S8 weights, with 7-bit weights (reduce_range): x86 CPUs
+                # without VNNI multiply u8 x s8 pairs with a saturating 16-bit add
+                # (vpmaddubsw), which cost up to 12 p.p. top-1 on the demo's 1-head width;
+                # 7-bit weights cannot saturate, and cost nothing measurable on ARM or VNNI.
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 op_types_to_quantize=ops, nodes_to_exclude=exclude,
                 calibrate_method=getattr(CalibrationMethod, _METHODS[job.method]),
-                extra_options={"CalibMovingAverage": job.method == "minmax"},
+                # one sample per calibration run: a moving average of per-sample ranges is
+                # narrower than the data and clips (demo mean drop 0.60 p.p. vs 0.19 global)
+                extra_options={"CalibMovingAverage": False},
             )
         _finish(out, job, "int8")
 
@@ -160,8 +165,9 @@ def _quiet():
 
 FP16 = register(Precision("fp16", "onnx", "float16 weights and math, float32 input/output",
                           calibrated=False, min_agreement=0.97, quantize=quantize_fp16))
-INT8 = register(Precision("int8", "onnx", "static QDQ int8: per-channel symmetric int8 weights, "
-                          "uint8 activations with calibrated ranges", calibrated=True,
+INT8 = register(Precision("int8", "onnx", "static QDQ int8: per-channel symmetric 7-bit-range int8 "
+                          "weights (reduce_range), uint8 activations with calibrated ranges",
+                          calibrated=True,
                           min_agreement=0.8, quantize=quantize_int8))
 INT8_DYNAMIC = register(Precision("int8-dynamic", "onnx", "per-channel int8 weights of MatMul/Gemm, "
                                   "activations quantized per run", calibrated=False,

@@ -1,0 +1,93 @@
+"""Core ML W8A8 made off macOS: calibration in PyTorch (coremltools.optimize.torch), conversion
+to quantize/dequantize ops, and the check that the program holds what was calibrated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from calibration.data import Preprocess, digits
+from exporter.config import Variant
+from exporter.extract import extract_variant
+from exporter.formats.coreml import INPUT_NAME, OUTPUT_NAME, program_info
+from exporter.quantize import SENSITIVE_OPS
+from exporter.quantize import coreml_w8a8 as w8a8
+from tests.conftest import tiny_model
+
+PRE = Preprocess()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """32 real digits at 32 px, normalized: the calibration set of these tests."""
+    return np.asarray(PRE(digits("train").subset(np.arange(32)).images, 32))
+
+
+@pytest.fixture(scope="module")
+def half() -> nn.Module:
+    return extract_variant(tiny_model(), Variant(0.5, 0.5, 32)).eval()
+
+
+@pytest.fixture(scope="module")
+def calibrated(half, images):
+    return w8a8.calibrated_module(half, images[:1], images)
+
+
+def test_ranges_cover_every_calibration_sample(half, images, calibrated):
+    # symmetric uint8 of a signed tensor: zero point 128, scale = max|x| / 127.5 over all samples
+    assert w8a8.activation_scales(calibrated)[0] == pytest.approx(np.abs(images).max() / 127.5, rel=1e-6)
+    early = w8a8.calibrated_module(half, images[:1], images[:4])
+    first, every = w8a8.activation_scales(early), w8a8.activation_scales(calibrated)
+    assert sum(a < b - 1e-9 for a, b in zip(first, every, strict=True)) >= len(every) // 2
+
+
+def test_fake_quantized_logits_stay_close_to_float(half, images, calibrated):
+    with torch.no_grad():
+        ref, out = half(torch.from_numpy(images)), calibrated(torch.from_numpy(images))
+    rel = float((out - ref).abs().max() / ref.abs().max())
+    assert 0 < rel < 0.1  # quantized (not a no-op), and 8 bits keep logits within 10%
+    assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.9
+
+
+def test_each_variant_is_calibrated_on_its_own_activations(images, calibrated):
+    full = w8a8.calibrated_module(extract_variant(tiny_model(), Variant(1.0, 0.5, 32)).eval(),
+                                  images[:1], images)
+    a, b = w8a8.activation_scales(calibrated), w8a8.activation_scales(full)
+    assert a[0] == b[0]  # the same pixels enter both
+    assert len(set(a[1:]) & set(b[1:])) <= 2  # past the input, each variant has its own ranges
+
+
+def test_sensitive_ops_stay_in_float_on_a_retry(half, images, calibrated):
+    kept = w8a8.calibrated_module(half, images[:1], images, SENSITIVE_OPS)
+    assert type(kept.patch_embed) is nn.Conv2d and type(kept.head) is nn.Linear  # not quantized
+    assert len(w8a8.quantized_weights(kept)) == len(w8a8.quantized_weights(calibrated)) - 2
+    for node in kept.graph.nodes:
+        if node.op == "call_function" and node.target is torch.quantize_per_tensor:
+            source = node.args[0]
+            assert not (source.op == "call_method" and source.target == "softmax"), node
+            assert source.target is not torch.nn.functional.gelu, node
+    assert len(w8a8.activation_scales(kept)) < len(w8a8.activation_scales(calibrated)) - 8
+
+
+def test_program_holds_the_calibrated_quantization(half, images, calibrated, tmp_path):
+    mlmodel = w8a8.convert(calibrated, images[:1], INPUT_NAME, OUTPUT_NAME)
+    mlmodel.save(str(tmp_path / "w8a8.mlpackage"))
+    info = program_info(tmp_path / "w8a8.mlpackage")
+    assert info.spec_version >= 8  # iOS17: the quantize/dequantize ops
+    assert info.inputs == {INPUT_NAME: ([1, 3, 32, 32], "fp32")}
+    assert info.ops["quantize"] >= 40 and info.ops["constexpr_affine_dequantize"] >= 10
+    assert info.ops["linear"] == sum(isinstance(m, nn.Linear) for m in half.modules())
+    scales, weights = w8a8.activation_scales(calibrated), w8a8.quantized_weights(calibrated)
+    assert len(weights) == sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in half.modules())
+    assert w8a8.check_program(info.consts, info.ops, scales, weights) == []
+    # the check can fail: other ranges, or a weight off by one step, are found
+    assert "activation scales not in the program" in w8a8.check_program(
+        info.consts, info.ops, [s * 1.1 for s in scales], weights)[0]
+    bad = [w.copy() for w in weights]
+    bad[3].flat[0] = bad[3].flat[0] + 1 if bad[3].flat[0] < 127 else 126
+    assert "1 of" in w8a8.check_program(info.consts, info.ops, scales, bad)[0]
+    # int8 weights: the program is about a quarter of the fp32 parameters' bytes
+    weight_bytes = sum(p.numel() * 4 for p in half.parameters())
+    assert sum(v.nbytes for v in info.consts.values() if v.dtype == np.int8) < 0.3 * weight_bytes
