@@ -65,7 +65,8 @@ def save_checkpoint(model: SlimmableViT, path: str | Path, labels: list[str] | N
         "format": FORMAT_TAG, "format_version": FORMAT_VERSION,
         "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
         "labels": json.dumps(labels or [str(i) for i in range(model.cfg.num_classes)]),
-        "preprocess": json.dumps({"mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize}),
+        "preprocess": json.dumps({"mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize,
+                                  "crop": pre.crop}),
         **(extra or {}),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -123,8 +124,11 @@ def load_slimvit(path: Path, **_: object) -> LoadedModel:
         cfg = ViTConfig.from_dict(raw_cfg)
         if labels is not None and not all(isinstance(x, str) for x in labels):
             raise ValueError('"labels" must be a list of strings')
+        crop = pre.get("crop", 1.0)  # absent in checkpoints written before crop was stored
+        if type(crop) not in (int, float):
+            raise ValueError(f'"preprocess" crop must be a number in (0, 1], but got {crop!r}')
         preprocess = Preprocess(tuple(pre.get("mean", (0.5,) * 3)), tuple(pre.get("std", (0.5,) * 3)),
-                                pre.get("resize", "bilinear"))
+                                pre.get("resize", "bilinear"), float(crop))
         numbers = (*preprocess.mean, *preprocess.std)
         if len(preprocess.mean) != cfg.in_chans or not all(type(v) in (int, float) for v in numbers):
             raise ValueError(f'"preprocess" needs {cfg.in_chans} numeric mean and std values')

@@ -53,6 +53,28 @@ def test_center_crop_keeps_the_middle_and_is_described_for_apps():
         Preprocess(crop=1.5)
 
 
+def test_checkpoints_carry_the_crop_so_exports_reproduce_it(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from exporter.checkpoint import CheckpointError, load_model, save_checkpoint
+    from tests.conftest import tiny_model
+
+    pre = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize="bicubic", crop=0.875)
+    path = save_checkpoint(tiny_model(), tmp_path / "m.safetensors", [str(i) for i in range(10)], pre)
+    assert load_model(path).preprocess == pre
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    for bad, why in ((1.5, "bad config"), ("all", "damaged")):
+        meta["preprocess"] = json.dumps({**json.loads(meta["preprocess"]), "crop": bad})
+        save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), meta)
+        with pytest.raises(CheckpointError, match=why):
+            load_model(tmp_path / "bad.safetensors")
+
+
 def test_image_folder_gives_labels_and_mixed_sizes_work(tmp_path):
     for i in range(3):
         _png(tmp_path / "cat" / f"{i}.png", (20 + i, 16), 40)
