@@ -1,0 +1,81 @@
+"""`slimvit verify`, `sign`, `keygen` and `bundle install-*`: checking, signing and shipping a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from exporter.commands.common import app, bundle_app, console, out_console
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+           public_key: Annotated[Path | None, typer.Option(
+               "--public-key", help="Ed25519 public key (PEM); manifest.sig must verify.")] = None,
+           min_bundle_version: Annotated[int | None, typer.Option(
+               "--min-bundle-version", help="Newest bundle_version seen before; older is a rollback.")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+           ) -> None:
+    """Check a bundle as an app must before loading it; exit 1 listing every problem."""
+    import json
+
+    from exporter.verify import verify_bundle
+
+    report = verify_bundle(bundle, public_key, min_bundle_version=min_bundle_version)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for w in report.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        for p in report.problems:
+            console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
+        signed = {None: "signature not checked", True: "signature valid", False: "signature INVALID"}
+        verdict = "[green]ok[/]" if report.ok else f"[red]FAILED ({len(report.problems)} problem(s))[/]"
+        console.print(f"{bundle}: {verdict}: {report.artifacts} file(s) checked, bundle_version "
+                      f"{report.bundle_version}, {signed[report.signed]}", highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory (must verify first).")],
+         key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
+         expires: Annotated[str | None, typer.Option(
+             "--expires", help="Expiry written into the manifest: 30d, 12h or an ISO 8601 time.")] = None,
+         bundle_version: Annotated[int | None, typer.Option(
+             "--bundle-version", help="New bundle_version written into the manifest.")] = None,
+         ) -> None:
+    """Sign a bundle's manifest with Ed25519 (writes manifest.sig)."""
+    from exporter.signing import sign_bundle
+
+    path = sign_bundle(bundle, key, expires=expires, bundle_version=bundle_version)
+    console.print(f"signed: {path}")
+
+
+@app.command()
+def keygen(key: Annotated[Path, typer.Argument(help="Private key file to create (public: KEY.pub).")]) -> None:
+    """Create an Ed25519 key pair for `slimvit sign` (set $SLIMVIT_KEY_PASSPHRASE to encrypt it)."""
+    from exporter.signing import generate_keypair
+
+    private, public = generate_keypair(key)
+    console.print(f"private key: {private} (keep it secret)\npublic key:  {public} (ship it in the app)")
+
+
+@bundle_app.command("install-android")
+def bundle_install_android(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+                           sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
+    """Verify BUNDLE and copy it (TFLite artifacts) into android_demo's assets."""
+    from exporter.install import install_bundle
+
+    out_console.print(f"installed {install_bundle(bundle, 'android', sample=sample)}")
+
+
+@bundle_app.command("install-ios")
+def bundle_install_ios(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+                       sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
+    """Verify BUNDLE and copy it (Core ML artifacts) into ios_demo's resources."""
+    from exporter.install import install_bundle
+
+    out_console.print(f"installed {install_bundle(bundle, 'ios', sample=sample)}")

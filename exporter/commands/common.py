@@ -1,0 +1,91 @@
+"""What every command shares: the `app` and its sub-apps, the consoles, progress bars,
+checkpoint loading and the argument types of the checkpoint commands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:  # the real imports stay inside the functions: `slimvit --help` must not load torch
+    from exporter.checkpoint import LoadedModel
+    from exporter.config import VariantGrid
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Turn one slimmable ViT into the validated, switchable bundle a phone app ships.")
+console = Console(stderr=True)
+# Tables stay readable when piped (rich would squeeze them into 80 columns).
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+
+CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.safetensors, .pth, .pt, .bin).")]
+FormatOpt = Annotated[str, typer.Option("--checkpoint-format", help="auto, or a checkpoint format name.")]
+HeadsOpt = Annotated[int | None, typer.Option("--num-heads", help="Override the inferred head count.")]
+EmaOpt = Annotated[bool, typer.Option("--ema", help="Load the EMA weights of a training checkpoint.")]
+SlicingOpt = Annotated[str | None, typer.Option("--slicing", help="heads (HydraViT) or ratio (Scala).")]
+WidthsOpt = Annotated[str, typer.Option("--widths", help="Width ratios of the full embed dim.")]
+KeepOpt = Annotated[str, typer.Option("--keep-rates", help="Token keep rates.")]
+ResOpt = Annotated[str | None, typer.Option("--resolutions", help="Input sizes (default: the model's).")]
+
+# Sub-commands; groups are listed after the commands in `slimvit --help`, in this order.
+policy_app = typer.Typer(no_args_is_help=True, help="The switching policy's conformance vectors.")
+app.add_typer(policy_app, name="policy")
+bundle_app = typer.Typer(no_args_is_help=True, help="Install a bundle into the demo apps.")
+app.add_typer(bundle_app, name="bundle")
+
+
+@contextmanager
+def progress_bars(*stages: tuple[int, str]) -> Iterator[list[Any]]:
+    """Rich progress bars, one per ``(total, what)`` stage, in one live display; yields one
+    callback per stage that advances its bar and shows a description."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        steps, tasks, started = [], [], set()
+        for total, what in stages:
+            task = bar.add_task(what, total=total)
+            tasks.append((task, total, what))
+
+            def step(desc: str, task: Any = task, what: str = what) -> None:
+                if task in started:  # a call announces the next item: the previous one is done
+                    bar.advance(task)
+                started.add(task)
+                bar.update(task, description=f"{what}: {desc}")
+
+            steps.append(step)
+        yield steps
+        for task, total, what in tasks:
+            bar.update(task, completed=total, description=f"{what}: done")
+
+
+@contextmanager
+def progress_bar(total: int, what: str) -> Iterator[Any]:
+    """A rich progress bar; yields a callback that advances it with a description."""
+    with progress_bars((total, what)) as (step,):
+        yield step
+
+
+def load_checkpoint(checkpoint: Path, checkpoint_format: str, num_heads: int | None, slicing: str | None,
+                    ema: bool = False) -> LoadedModel:
+    """Load a checkpoint for a command, printing warnings and a one-line summary of the model."""
+    from exporter.api import load
+
+    loaded = load(checkpoint, checkpoint_format, num_heads=num_heads, slicing=slicing,
+                  warn=lambda m: console.print(f"[yellow]warning:[/] {m}"), **({"ema": True} if ema else {}))
+    how = (" (detected from its keys)" if checkpoint_format == "auto" else "") + (", EMA weights" if ema else "")
+    console.print(f"loaded {checkpoint.name} as [bold]{loaded.source_format}[/]{how}: "
+                  f"embed {loaded.model.cfg.embed_dim}, depth {loaded.model.cfg.depth}, "
+                  f"heads {loaded.model.cfg.num_heads}, slicing {loaded.model.cfg.slicing}")
+    return loaded
+
+
+def parse_grid(widths: str, keep_rates: str, resolutions: str | None) -> VariantGrid:
+    """The variant grid of the `--widths`, `--keep-rates` and `--resolutions` flags."""
+    from exporter.config import VariantGrid, parse_floats, parse_ints
+
+    return VariantGrid(parse_floats(widths, "--widths"), parse_floats(keep_rates, "--keep-rates"),
+                       parse_ints(resolutions, "--resolutions") if resolutions else None)
