@@ -145,8 +145,10 @@ def quantize_int8_dynamic(job: QuantJob) -> None:
         exclude = _float_nodes(onnx.load(str(pre)), job.float_ops)
         out = Path(work) / "dyn.onnx"
         with _quiet():
+            # 7-bit weights for the same x86 saturation as static int8 (demo worst drop 4.74 -> 0.28)
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm"],
-                             per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+                             per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=exclude)
         _finish(out, job, "int8-dynamic")
 
 
@@ -169,6 +171,6 @@ INT8 = register(Precision("int8", "onnx", "static QDQ int8: per-channel symmetri
                           "weights (reduce_range), uint8 activations with calibrated ranges",
                           calibrated=True,
                           min_agreement=0.8, quantize=quantize_int8))
-INT8_DYNAMIC = register(Precision("int8-dynamic", "onnx", "per-channel int8 weights of MatMul/Gemm, "
-                                  "activations quantized per run", calibrated=False,
+INT8_DYNAMIC = register(Precision("int8-dynamic", "onnx", "per-channel 7-bit-range int8 weights of "
+                                  "MatMul/Gemm (reduce_range), activations quantized per run", calibrated=False,
                                   min_agreement=0.8, quantize=quantize_int8_dynamic))
