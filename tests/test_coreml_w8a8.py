@@ -91,3 +91,29 @@ def test_program_holds_the_calibrated_quantization(half, images, calibrated, tmp
     # int8 weights: the program is about a quarter of the fp32 parameters' bytes
     weight_bytes = sum(p.numel() * 4 for p in half.parameters())
     assert sum(v.nbytes for v in info.consts.values() if v.dtype == np.int8) < 0.3 * weight_bytes
+
+
+def test_target_for_needs_ios17_and_keeps_later_targets():
+    assert w8a8.target_for("iOS18") == "iOS18" and w8a8.target_for("macOS14") == "macOS14"
+    for early in ("iOS16", "macOS13"):
+        with pytest.raises(ValueError, match="needs .*17 or later|needs macOS14 or later"):
+            w8a8.target_for(early)
+
+
+def test_an_ios16_bundle_leaves_int8_out_and_keeps_its_target_for_fp16(tmp_path):
+    from calibration.sources import load_calibration
+    from exporter.bundle import export_bundle
+    from exporter.checkpoint import LoadedModel
+    from exporter.config import VariantGrid
+    from exporter.quantize import QuantizeOptions
+
+    loaded = LoadedModel(tiny_model(), "tiny", "slimvit", [str(i) for i in range(10)])
+    opts = QuantizeOptions(("fp16", "int8"), load_calibration("builtin", PRE, samples=8), max_drop=1.0)
+    manifest = export_bundle(loaded, VariantGrid((0.5,), (1.0,), (32,)), tmp_path, formats=("coreml",),
+                             eval_set=digits("test").subset(np.arange(16)), quantize=opts,
+                             format_options={"coreml": {"deployment_target": "iOS16"}})
+    arts = {a["precision"]: a for a in manifest["variants"][0]["artifacts"]}
+    (left,) = manifest["calibration"]["excluded"]
+    assert set(arts) == {"fp32", "fp16"} and left["precision"] == "int8"
+    assert "needs iOS17 or later" in left["reason"] and "iOS16" in left["reason"]
+    assert {program_info(tmp_path / a["path"]).spec_version for a in arts.values()} == {7}  # iOS16

@@ -61,11 +61,14 @@ def quantize_palettized(job: QuantJob) -> None:
     _compress(job, cto.coreml.OpPalettizerConfig(mode="kmeans", nbits=PALETTE_BITS), "palettized")
 
 
-def quantize_fp16(job: QuantJob) -> None:
+def _converter(job: QuantJob):
     from exporter.formats.coreml import CoreMLFormat
 
-    CoreMLFormat(job.layout).export(job.module, job.example, job.out,
-                                    {**job.metadata, "slimvit.precision": "fp16"})
+    return job.converter if isinstance(job.converter, CoreMLFormat) else CoreMLFormat(job.layout)
+
+
+def quantize_fp16(job: QuantJob) -> None:
+    _converter(job).export(job.module, job.example, job.out, {**job.metadata, "slimvit.precision": "fp16"})
 
 
 # Calibrated modules by artifact path: the simulation of an int8 artifact is the module it was
@@ -91,9 +94,10 @@ def quantize_int8(job: QuantJob) -> None:
     from exporter.formats.coreml import INPUT_NAME, OUTPUT_NAME, describe, program_info
     from exporter.quantize import coreml_w8a8 as w8a8
 
+    target = w8a8.target_for(_converter(job).deployment_target)
     calibrated = _calibrated(job)
     with quiet():
-        mlmodel = w8a8.convert(calibrated, job.example, INPUT_NAME, OUTPUT_NAME)
+        mlmodel = w8a8.convert(calibrated, job.example, INPUT_NAME, OUTPUT_NAME, target)
         describe(mlmodel, {**job.metadata, "slimvit.precision": "int8"}, job.example.shape)
         mlmodel.save(str(job.out))
     info = program_info(job.out)

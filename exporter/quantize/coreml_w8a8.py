@@ -28,7 +28,23 @@ NEVER = 10**9  # a LinearQuantizer milestone that is never reached
 BATCH = 32
 # `SENSITIVE_OPS` that name modules: kept in float by leaving them out of the quantizer config.
 FLOAT_MODULES = {"first": "patch_embed", "last": "head"}
-MIN_TARGET = "iOS17"  # the ML Program quantize/dequantize ops need iOS17 / macOS14
+# The ML Program quantize/dequantize ops need iOS17 / macOS14 (coremltools' opset iOS17).
+MIN_TARGETS = {"iOS": 17, "macOS": 14}
+
+
+def target_for(deployment_target: str) -> str:
+    """The bundle's Core ML deployment target, if W8A8 can run there.
+
+    Raises:
+        ValueError: an earlier OS, with what to change.
+    """
+    family = deployment_target.rstrip("0123456789")
+    version = int(deployment_target[len(family):])
+    if version < MIN_TARGETS[family]:
+        raise ValueError(f"W8A8 int8 needs {family}{MIN_TARGETS[family]} or later (its quantize/"
+                         f"dequantize ops), but the bundle targets {deployment_target}: raise "
+                         "--coreml-target or leave int8 out (int8-weights runs on iOS16)")
+    return deployment_target
 
 
 def calibrated_module(module: nn.Module, example: np.ndarray, calibration: np.ndarray,
@@ -153,7 +169,7 @@ def quantized_weights(gm: fx.GraphModule) -> list[np.ndarray]:
 
 
 def convert(gm: fx.GraphModule, example: np.ndarray, input_name: str, output_name: str,
-            target: str = MIN_TARGET):
+            target: str = "iOS17"):
     """The calibrated module as an ML Program (traced: ``torch.export`` cannot trace quantized
     tensors, and TorchScript is the route coremltools documents for `LinearQuantizer`)."""
     import coremltools as ct

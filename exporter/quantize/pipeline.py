@@ -140,7 +140,7 @@ def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quant-") as work:
         job = QuantJob(fp32_path, module, example, calibration, opts.method, float_ops,
-                       dict(metadata), Path(work) / target.name, fmt.layout)
+                       dict(metadata), Path(work) / target.name, fmt.layout, fmt)
         try:
             p.quantize(job)
         except Exception as e:  # a quantizer that fails leaves this precision out, with why

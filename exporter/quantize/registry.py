@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -38,6 +39,8 @@ class QuantJob:
         out: where to write the quantized artifact.
         layout: the artifact's input layout (``NCHW``, or ``NHWC`` for tflite); calibration
             inputs are NCHW and quantizers transpose them as needed.
+        converter: the format instance the FP32 artifact was made with, so a precision that
+            converts again keeps its settings (e.g. the Core ML deployment target).
     """
 
     fp32_path: Path
@@ -49,6 +52,7 @@ class QuantJob:
     metadata: dict[str, str]
     out: Path
     layout: str = "NCHW"
+    converter: Any = field(default=None, repr=False)  # an ExportFormat (not imported: no cycle)
 
 
 Quantizer = Callable[[QuantJob], None]
