@@ -1,5 +1,6 @@
-"""Which artifacts are byte-stable across exports (docs/determinism.md): TFLite is; a Core ML
-package differs only in the random item identifiers of its Manifest.json. (ONNX: test_onnx.py.)"""
+"""Which artifacts are byte-stable across exports (docs/determinism.md): TFLite and Core ML
+(slimvit replaces coremltools' random package item ids with content-based ones). ONNX:
+test_onnx.py."""
 
 from __future__ import annotations
 
@@ -56,21 +57,32 @@ def coreml_pair(tmp_path_factory) -> tuple[Path, Path]:
     return export_twice("coreml", tmp_path_factory.mktemp("coreml"))
 
 
-def test_coreml_packages_differ_only_in_manifest_uuids(coreml_pair):
+def test_coreml_packages_are_byte_stable(coreml_pair):
     a, b = coreml_pair
-    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
-    differ = [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()]
-    assert differ == ["Manifest.json"]  # the model spec and the weights are byte-stable
-    assert sha256_tree(a) != sha256_tree(b)
+    assert sha256_tree(a) == sha256_tree(b)
+    doc = json.loads((a / "Manifest.json").read_text())
     ids = UUID.findall((a / "Manifest.json").read_bytes())
-    assert len(set(ids)) == 2  # one item id per stored file (spec, weights), fresh uuid4 each time
-    assert not set(ids) & set(UUID.findall((b / "Manifest.json").read_bytes()))
-    # Apart from the ids (which also reorder the items, keyed by id), the manifests agree.
-    assert package_items(a) == package_items(b)
+    assert len(set(ids)) == 2 and doc["rootModelIdentifier"] in doc["itemInfoEntries"]
+    # the ids are name-based (uuid5) on each item's content: other weights, other ids
+    assert all(i[14:15] == b"5" for i in ids)
+    items = {v["path"]: k for k, v in doc["itemInfoEntries"].items()}
+    assert doc["rootModelIdentifier"] == items["com.apple.CoreML/model.mlmodel"]
 
 
-def package_items(package: Path) -> tuple[list[dict], str]:
-    doc = json.loads((package / "Manifest.json").read_text())
-    items = doc["itemInfoEntries"]
-    return sorted(items.values(), key=lambda i: i["path"]), items[doc["rootModelIdentifier"]]["path"]
+def test_quantized_coreml_packages_are_byte_stable(tmp_path):
+    pytest.importorskip("coremltools")
+    from exporter.quantize import QuantJob, get_precision
+
+    model = tiny_model(depth=1, embed_dim=32, num_heads=2)
+    module = extract_variant(model, resolve(model.cfg, Variant(1.0, 1.0, 32)))
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    fp32 = tmp_path / "fp32.mlpackage"
+    get_format("coreml").export(module, x[:1], fp32, {})
+    for name in ("int8-weights", "palettized", "int8"):
+        digests = set()
+        for run in range(2):
+            out = tmp_path / f"{name}.{run}.mlpackage"
+            get_precision("coreml", name).quantize(
+                QuantJob(fp32, module, x[:1], x, "minmax", (), {}, out))
+            digests.add(sha256_tree(out))
+        assert len(digests) == 1, name

@@ -74,8 +74,7 @@ class CoreMLFormat(ExportFormat):
         except Exception as e:  # the converter raises many types; name the op for the user
             raise converter_error(self.name, metadata, e) from e
         describe(mlmodel, metadata, x.shape)
-        with quiet():
-            mlmodel.save(str(path))
+        save_package(mlmodel, path)
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         import coremltools as ct
@@ -107,6 +106,31 @@ class CoreMLFormat(ExportFormat):
         if problems:
             raise ValidationError(f"{path.name} (coreml) fails the program check: " + "; ".join(problems))
         return ["inputs", "outputs", f"{precision} compute", "op set", f"{len(module.state_dict())} weights"]
+
+
+def save_package(mlmodel: Any, path: Path) -> None:
+    """Save an `.mlpackage` whose bytes depend only on its content.
+
+    coremltools names the package's items (the spec, the weights) with fresh random UUIDs in
+    `Manifest.json`; they only have to be unique within the package, so each is replaced by a
+    name-based UUID of the item's path and content digest (docs/determinism.md).
+    """
+    import uuid
+
+    from exporter.fileio import sha256_file, sha256_tree
+
+    with quiet():
+        mlmodel.save(str(path))
+    manifest = Path(path) / "Manifest.json"
+    doc = json.loads(manifest.read_text())
+    ids = {}
+    for old, item in doc["itemInfoEntries"].items():
+        data = Path(path) / "Data" / item["path"]
+        digest = sha256_tree(data) if data.is_dir() else sha256_file(data)
+        ids[old] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"slimvit:{item['path']}:{digest}")).upper()
+    doc["itemInfoEntries"] = {ids[k]: v for k, v in doc["itemInfoEntries"].items()}
+    doc["rootModelIdentifier"] = ids[doc["rootModelIdentifier"]]
+    manifest.write_text(json.dumps(doc, indent=4, sort_keys=True) + "\n")
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,10 @@ def _mlmodel(path: Path):
 
 
 def _save(model, job: QuantJob, precision: str) -> None:
+    from exporter.formats.coreml import save_package
+
     model.user_defined_metadata["slimvit.precision"] = precision
-    model.save(str(job.out))
+    save_package(model, job.out)
 
 
 def _compress(job: QuantJob, op_config, precision: str) -> None:
@@ -91,7 +93,7 @@ def _calibrated(job: QuantJob) -> torch.nn.Module:
 
 
 def quantize_int8(job: QuantJob) -> None:
-    from exporter.formats.coreml import INPUT_NAME, OUTPUT_NAME, describe, program_info
+    from exporter.formats.coreml import INPUT_NAME, OUTPUT_NAME, describe, program_info, save_package
     from exporter.quantize import coreml_w8a8 as w8a8
 
     target = w8a8.target_for(_converter(job).deployment_target)
@@ -99,7 +101,7 @@ def quantize_int8(job: QuantJob) -> None:
     with quiet():
         mlmodel = w8a8.convert(calibrated, job.example, INPUT_NAME, OUTPUT_NAME, target)
         describe(mlmodel, {**job.metadata, "slimvit.precision": "int8"}, job.example.shape)
-        mlmodel.save(str(job.out))
+    save_package(mlmodel, job.out)
     info = program_info(job.out)
     problems = w8a8.check_program(info.consts, info.ops, w8a8.activation_scales(calibrated),
                                   w8a8.quantized_weights(calibrated))
