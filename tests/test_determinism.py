@@ -86,3 +86,37 @@ def test_quantized_coreml_packages_are_byte_stable(tmp_path):
                 QuantJob(fp32, module, x[:1], x, "minmax", (), {}, out))
             digests.add(sha256_tree(out))
         assert len(digests) == 1, name
+
+
+EXPORT_ONE = """
+import sys, numpy as np
+from tests.conftest import tiny_model
+from exporter.config import Variant, resolve
+from exporter.extract import extract_variant
+from exporter.formats import get_format
+from exporter.fileio import sha256_tree
+model = tiny_model(depth=1, embed_dim=32, num_heads=2)
+x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+get_format("coreml").export(extract_variant(model, resolve(model.cfg, Variant(1.0, 1.0, 32))), x,
+                            sys.argv[1], {"slimvit.variant_id": "a", "slimvit.model": "b"})
+print(sha256_tree(sys.argv[1]))
+"""
+
+
+def test_coreml_packages_are_byte_stable_across_processes(tmp_path):
+    """Protobuf maps serialise in hash order, which PYTHONHASHSEED changes between processes."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("coremltools")
+    digests = set()
+    for seed in ("1", "2"):
+        r = subprocess.run([sys.executable, "-c", EXPORT_ONE, str(tmp_path / f"{seed}.mlpackage")],
+                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent,
+                           env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": "."})
+        assert r.returncode == 0, r.stderr[-2000:]
+        digests.add(r.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1
+    meta = json.loads((tmp_path / "1.mlpackage" / "Manifest.json").read_text())
+    assert meta["fileFormatVersion"]  # still a package coremltools wrote

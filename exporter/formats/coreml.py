@@ -39,6 +39,7 @@ ANE_FALLBACK_OPS = {
 ANE_UNVERIFIED_OPS = {"topk": "token pruning", "gather_along_axis": "token pruning",
                       "gather": "token pruning", "gather_nd": "token pruning"}
 ANE_MAX_RANK, ANE_MAX_DIM = 4, 16384
+CONVERSION_DATE = "com.github.apple.coremltools.conversion_date"  # dropped: bytes would change daily
 
 
 class CoreMLFormat(ExportFormat):
@@ -109,18 +110,28 @@ class CoreMLFormat(ExportFormat):
 
 
 def save_package(mlmodel: Any, path: Path) -> None:
-    """Save an `.mlpackage` whose bytes depend only on its content.
+    """Save an `.mlpackage` whose bytes depend only on its content (docs/determinism.md).
 
-    coremltools names the package's items (the spec, the weights) with fresh random UUIDs in
-    `Manifest.json`; they only have to be unique within the package, so each is replaced by a
-    name-based UUID of the item's path and content digest (docs/determinism.md).
+    coremltools writes three things that change from run to run: protobuf maps (metadata,
+    attributes) in hash order, which differs between processes; its ``conversion_date``
+    metadata; and fresh random UUIDs naming the package's items in `Manifest.json`. The spec is
+    written again with sorted maps and without the date, and each item id is replaced by a
+    name-based UUID of the item's path and content digest (ids only have to be unique within
+    the package).
     """
     import uuid
+
+    from coremltools.proto import Model_pb2
 
     from exporter.fileio import sha256_file, sha256_tree
 
     with quiet():
         mlmodel.save(str(path))
+    spec_file = Path(path) / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_file.read_bytes())
+    spec.description.metadata.userDefined.pop(CONVERSION_DATE, None)
+    spec_file.write_bytes(spec.SerializeToString(deterministic=True))
     manifest = Path(path) / "Manifest.json"
     doc = json.loads(manifest.read_text())
     ids = {}
