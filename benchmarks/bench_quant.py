@@ -90,6 +90,15 @@ def tflite_runner(path: Path, x: np.ndarray):
     return run
 
 
+def partitions(fmt_name: str, path: Path) -> str:
+    """XNNPACK delegate partitions of a TFLite model: every boundary is a hand-off to the
+    interpreter's own kernels."""
+    if fmt_name != "tflite":
+        return "-"
+    ops = get_format("tflite").interpreter(path)._get_ops_details()
+    return str(sum(o["op_name"] == "DELEGATE" for o in ops))
+
+
 def latency_rows(fmt_name: str, precisions: list[str], runner, module, calib, work: Path) -> list[list]:
     paths = make(fmt_name, module, calib, work, precisions)
     x = calib[:1]
@@ -99,7 +108,7 @@ def latency_rows(fmt_name: str, precisions: list[str], runner, module, calib, wo
     for k, p in paths.items():
         kb = p.stat().st_size / 1024
         rows.append([fmt_name, k, f"{ms[k]:.2f}", f"{base_ms / ms[k]:.2f}x", f"{kb / 1024:.2f}",
-                     f"{kb / base_kb:.2f}"])
+                     f"{kb / base_kb:.2f}", partitions(fmt_name, p)])
         print(rows[-1], file=sys.stderr)
     return rows
 
@@ -117,7 +126,8 @@ def accuracy_rows(checkpoint: Path, formats: list[str]) -> list[list]:
     for method in ("minmax", "percentile"):
         cal = load_calibration("builtin", loaded.preprocess, samples=128)
         fmts = formats if method == "minmax" else ["onnx"]  # the method only applies to ONNX
-        names = ("fp16", "int8", "int8-dynamic", "int8-weights", "palettized") if method == "minmax" \
+        names = ("fp16", "int8", "int8-dynamic", "int8-xnnpack", "int8-weights", "palettized") \
+            if method == "minmax" \
             else ("int8",)
         opts = QuantizeOptions(names, cal, method, max_drop=1.0)  # no budget: show every first try
         with tempfile.TemporaryDirectory() as out:
@@ -128,7 +138,8 @@ def accuracy_rows(checkpoint: Path, formats: list[str]) -> list[list]:
                 if a["precision"] == "fp32" or (method != "minmax" and a["precision"] != "int8"):
                     continue
                 acc = a["accuracy"]
-                rows.append([v["id"], a["format"], a["precision"], method if a["precision"] == "int8" else "-",
+                calibrated = a["quantization"]["calibrated"]
+                rows.append([v["id"], a["format"], a["precision"], method if calibrated else "-",
                              f"{100 * acc['reference_top1']:.1f}", f"{100 * acc['top1']:.1f}",
                              f"{100 * acc['drop']:+.2f}", f"{100 * acc['agreement']:.1f}",
                              ",".join(a["quantization"]["float_ops"]) or "-",
@@ -144,7 +155,7 @@ def summary_rows(rows: list[list]) -> list[list]:
         groups.setdefault((r[1], r[2], r[3]), []).append(float(r[6]))
     out = []
     for (fmt, precision, method), drops in groups.items():
-        goal = 0.1 if precision == "fp16" else 0.5
+        goal = 0.1 if precision == "fp16" else 0.5  # every other precision is an int8 one
         out.append([fmt, precision, method, len(drops), f"{statistics.mean(drops):+.2f}",
                     f"{max(drops):+.2f}", f"{sum(d <= goal + 1e-9 for d in drops)}/{len(drops)}",
                     f"{sum(d <= 1.0 + 1e-9 for d in drops)}/{len(drops)}"])
@@ -177,7 +188,7 @@ def main() -> None:
         rows += latency_rows("onnx", ["fp16", "int8", "int8-dynamic"], onnx_runner, module, calib,
                              Path(work))
         if not args.no_tflite:
-            rows += latency_rows("tflite", ["fp16", "int8-dynamic", "int8"], tflite_runner, module,
+            rows += latency_rows("tflite", ["fp16", "int8-dynamic", "int8", "int8-xnnpack"], tflite_runner, module,
                                  calib[:4], Path(work))
     parts = [
         "## Quantization (`benchmarks/bench_quant.py`)\n",
@@ -185,7 +196,8 @@ def main() -> None:
         "ratios from interleaved rounds are steadier than the absolute times).\n",
         "### Latency and size at DeiT-Ti shape (192 dim, 12 blocks, 3 heads, 224 px; 1 thread, batch 1)\n",
         f"Goal: ONNX Runtime INT8 >= 2x faster than FP32 on an AVX-512 VNNI CPU. {vnni_note()}\n",
-        md_table(["runtime", "precision", "median ms", "speedup vs fp32", "MB", "size vs fp32"], rows),
+        md_table(["runtime", "precision", "median ms", "speedup vs fp32", "MB", "size vs fp32",
+                  "XNNPACK partitions"], rows),
     ]
     ckpt = Path(args.checkpoint)
     if ckpt.is_file():

@@ -28,7 +28,7 @@ DEMO_TRAIN = TrainConfig(dataset="digits", recipe="scala", epochs=50, lr=2e-3,
                          model={k: v for k, v in DEMO_MODEL.to_dict().items() if k != "num_classes"})
 DEMO_FORMATS = ("onnx", "tflite", "coreml")
 # Every registered precision of DEMO_FORMATS (exporter.quantize), calibrated on the training split.
-DEMO_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-weights", "palettized")
+DEMO_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-xnnpack", "int8-weights", "palettized")
 
 
 @dataclass(frozen=True)

@@ -183,12 +183,13 @@ def test_over_budget_retries_with_sensitive_ops_in_float_then_leaves_out(onnx_bu
 
 
 def test_tflite_precisions_run_in_the_litert_interpreter(loaded, eval_set, tmp_path):
-    opts = QuantizeOptions(("fp16", "int8-dynamic", "int8"), load_calibration("builtin", PRE, samples=32),
-                           max_drop=0.03)
+    opts = QuantizeOptions(("fp16", "int8-dynamic", "int8", "int8-xnnpack"),
+                           load_calibration("builtin", PRE, samples=32), max_drop=0.03)
     manifest = export_bundle(loaded, ONE, tmp_path, formats=("tflite",), eval_set=eval_set, quantize=opts)
     arts = {a["precision"]: a for a in manifest["variants"][0]["artifacts"]}
     left = {e["precision"]: e["reason"] for e in manifest["calibration"]["excluded"]}
-    assert set(arts) | set(left) == {"fp32", "fp16", "int8-dynamic", "int8"} and "fp16" in arts, left
+    assert set(arts) | set(left) == {"fp32", "fp16", "int8-dynamic", "int8", "int8-xnnpack"}, left
+    assert "fp16" in arts, left
     assert all("> budget 3.00 p.p." in why or "agreement" in why for why in left.values()), left
     from exporter.formats.tflite import graph_info, read_metadata
 
@@ -202,6 +203,33 @@ def test_tflite_precisions_run_in_the_litert_interpreter(loaded, eval_set, tmp_p
         info = graph_info(tmp_path / arts["int8"]["path"])
         assert info.inputs["pixel_values"] == ([1, 3, 24, 24], "FLOAT32")  # float I/O for apps
         assert "INT8" in info.dtypes and info.ops.get("QUANTIZE", 0) >= 1
+
+
+def test_tflite_int8_xnnpack_stays_one_delegate_partition(loaded, tmp_path):
+    """Full-integer int8 is cut into many XNNPACK partitions (its int8 softmax, GELU, LayerNorm
+    statistics, residual adds and attention matmuls run in the interpreter); int8-xnnpack keeps
+    those ops in float and the whole graph in one partition, as fp32 is."""
+    import collections
+
+    from exporter.formats.tflite import TFLiteFormat, graph_info
+
+    s = ONE.subnets(loaded.model.cfg)[0]
+    fp32 = tmp_path / "fp32.tflite"
+    fmt = TFLiteFormat()
+    fmt.export(extract_variant(loaded.model, s), np.zeros((1, 3, 24, 24), np.float32), fp32, {})
+    partitions, dtypes = {}, {}
+    for name in ("int8", "int8-xnnpack"):
+        job = _job(fp32, loaded, (), tmp_path / f"{name}.tflite")
+        get_precision("tflite", name).quantize(job)
+        ops = collections.Counter(o["op_name"] for o in fmt.interpreter(job.out)._get_ops_details())
+        partitions[name] = ops["DELEGATE"]
+        dtypes[name] = graph_info(job.out).dtypes
+        assert fmt.run(job.out, job.calibration).shape == (16, 10)
+    ops = collections.Counter(o["op_name"] for o in fmt.interpreter(fp32)._get_ops_details())
+    assert ops["DELEGATE"] == 1 and partitions["int8-xnnpack"] == 1, partitions
+    assert partitions["int8"] > 10, partitions
+    assert "INT8" in dtypes["int8-xnnpack"] and (tmp_path / "int8-xnnpack.tflite").stat().st_size \
+        < 0.5 * fp32.stat().st_size
 
 
 def test_coreml_precisions_carry_simulated_accuracy_and_say_so(loaded, eval_set, tmp_path):

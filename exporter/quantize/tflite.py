@@ -1,7 +1,9 @@
 """TFLite precisions with ai-edge-quantizer, starting from the validated FP32 `.tflite`:
 fp16 (float16 weights, float math), int8-dynamic (dynamic-range: int8 weights, activations
-quantized at run time by the kernels) and int8 (full-integer ops with activation ranges
-calibrated on the variant's own inputs; float32 input/output so apps feed the same tensors)."""
+quantized at run time by the kernels), int8 (full-integer ops with activation ranges
+calibrated on the variant's own inputs; float32 input/output so apps feed the same tensors,
+and what integer-only accelerators need) and int8-xnnpack (int8 only where the CPU's XNNPACK
+delegate runs int8, so the graph is not cut into partitions)."""
 
 from __future__ import annotations
 
@@ -67,7 +69,13 @@ def quantize_int8_dynamic(job: QuantJob) -> None:
         _write(qt, job, "int8-dynamic")
 
 
-def quantize_int8(job: QuantJob) -> None:
+# Ops whose int8 form the XNNPACK delegate (ai-edge-litert 2.3) leaves to the interpreter, found
+# by quantizing one op type at a time and counting delegate partitions. A full-integer ViT is
+# cut into ~120 partitions at DeiT-Ti shape by them; int8-xnnpack keeps them in float.
+NOT_DELEGATED_INT8 = ("ADD", "SUB", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX", "GELU", "BATCH_MATMUL")
+
+
+def _static(job: QuantJob, precision: str, float_ops: tuple[str, ...] = ()) -> None:
     from ai_edge_quantizer import recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -77,13 +85,22 @@ def quantize_int8(job: QuantJob) -> None:
     with quiet():
         qt = _quantizer(job)
         qt.load_quantization_recipe(recipe.static_wi8_ai8())
-        for op in ("INPUT", "OUTPUT"):  # float32 I/O: apps feed and read the same tensors
+        # float32 I/O: apps feed and read the same tensors
+        for op in ("INPUT", "OUTPUT", *float_ops):
             qt.update_quantization_recipe(regex=".*", operation_name=op,
                                           algorithm_key=AlgorithmName.NO_QUANTIZE)
         _keep_float(qt, job)
         samples = [{"pixel_values": x[i:i + 1].copy()} for i in range(len(x))]
         ranges = qt.calibrate({SIGNATURE: samples}, num_threads=1)
-        _write(qt, job, "int8", ranges)
+        _write(qt, job, precision, ranges)
+
+
+def quantize_int8(job: QuantJob) -> None:
+    _static(job, "int8")
+
+
+def quantize_int8_xnnpack(job: QuantJob) -> None:
+    _static(job, "int8-xnnpack", NOT_DELEGATED_INT8)
 
 
 FP16 = register(Precision("fp16", "tflite", "float16 weights of FULLY_CONNECTED/CONV_2D, float32 math "
@@ -95,3 +112,9 @@ INT8_DYNAMIC = register(Precision("int8-dynamic", "tflite", "dynamic range: per-
 INT8 = register(Precision("int8", "tflite", "full-integer static int8 (ai-edge-quantizer static_wi8_ai8, "
                           "min/max ranges), float32 input/output", calibrated=True,
                           min_agreement=0.8, quantize=quantize_int8))
+INT8_XNNPACK = register(Precision("int8-xnnpack", "tflite", "static int8 for the ops XNNPACK runs in "
+                                  "int8 (FULLY_CONNECTED, CONV_2D, MEAN, MUL, data movement); "
+                                  "residual adds, LayerNorm statistics, softmax, GELU and attention "
+                                  "matmuls in float, so the graph stays one XNNPACK partition; "
+                                  "min/max ranges, float32 input/output", calibrated=True,
+                                  min_agreement=0.8, quantize=quantize_int8_xnnpack))
