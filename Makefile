@@ -23,7 +23,10 @@ demo: install
 
 test: test-py test-kotlin test-web
 
+# The layer contracts of pyproject.toml (docs/architecture.md) first: a lower layer importing a
+# higher one fails the build.
 test-py: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q tests
 
 # The Android app's pure policy module, compiled with Debian's kotlinc and run on the JVM

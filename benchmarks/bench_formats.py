@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import host, md_table, time_fn, write_section  # noqa: E402
-from exporter.config import Variant  # noqa: E402
+from exporter.nn.config import Variant  # noqa: E402
 from exporter.demo import DEMO_MODEL  # noqa: E402
-from exporter.extract import extract_variant  # noqa: E402
-from exporter.formats import get_format  # noqa: E402
-from exporter.formats.base import quiet  # noqa: E402
-from exporter.model import SlimmableViT  # noqa: E402
+from exporter.nn.extract import extract_variant  # noqa: E402
+from exporter.convert.formats import get_format  # noqa: E402
+from exporter.convert.formats.base import quiet  # noqa: E402
+from exporter.nn.model import SlimmableViT  # noqa: E402
 
 VARIANTS = [Variant(0.25, 1.0, 32), Variant(0.5, 0.5, 32), Variant(1.0, 1.0, 32), Variant(1.0, 0.5, 24)]
 FORMATS = ("onnx", "tflite", "coreml")
@@ -76,9 +76,9 @@ def time_format(fmt_name: str, module: torch.nn.Module, example: np.ndarray, tmp
         t_val = cpu_seconds(lambda: fmt.check(p_ours, module, example))
     t_own = None
     if fmt_name == "tflite":
-        from exporter.formats.tflite import _finish, graph_info
+        from exporter.convert.formats.tflite import finish_flatbuffer, graph_info
 
-        t_own = cpu_seconds(lambda: graph_info(_finish(p_bare.read_bytes(), meta)))
+        t_own = cpu_seconds(lambda: graph_info(finish_flatbuffer(p_bare.read_bytes(), meta)))
     return t_bare, t_ours, t_val, t_own, p_ours
 
 

@@ -58,9 +58,9 @@ def make_checkpoints(d: Path) -> None:
 
     from safetensors.torch import save_file
 
-    from exporter.checkpoint import save_checkpoint
-    from exporter.config import ViTConfig
-    from exporter.model import SlimmableViT
+    from exporter.checkpoints import save_checkpoint
+    from exporter.nn.config import ViTConfig
+    from exporter.nn.model import SlimmableViT
 
     torch.manual_seed(0)
     plain = SlimmableViT(ViTConfig(**DEIT_S))
@@ -83,7 +83,7 @@ def run_row(index: int, d: Path) -> dict:
     """In a child process: load (and export) one row, report wall time and peak RSS."""
     torch.set_num_threads(1)
     from exporter.api import export_checkpoint_bundle, load
-    from exporter.config import VariantGrid
+    from exporter.nn.config import VariantGrid
 
     name, file, fmt, options, export = ROWS[index]
     reset_peak()

@@ -4,7 +4,7 @@ Goal: on the 60-minute drain, mean expected top-1 within 1 p.p. of always-best w
 proxy (MACs x inferences) at least 30% lower; at most 1 switch per minute on the noisy trace.
 
 Two bundles: the digits demo bundle (`make demo`; its measured top-1 per variant), and a
-DeiT-S SuperViT table (MACs from `exporter.cost`, top-1 from the SuperViT paper, SEEDS.md),
+DeiT-S SuperViT table (MACs from `exporter.nn.cost`, top-1 from the SuperViT paper),
 which shows the same policy on a model whose keep-rate variants cost little accuracy. The best
 any time-mix of a bundle's variants could do is printed beside it, so a missed goal can be told
 apart from a bad policy.
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from common import host, md_table, time_fn, write_section
 
-from exporter.policy import DeviceState, Policy, decide
-from exporter.policy_bundle import default_policy, variant_accuracy
-from exporter.simulate import read_trace, replay, summarize
+from exporter.policy.engine import DeviceState, Policy, decide
+from exporter.policy.spec import default_policy, variant_accuracy
+from exporter.policy.simulate import read_trace, replay, summarize
 
 TRACES = Path(__file__).resolve().parents[1] / "examples" / "traces"
 TRACE_NAMES = ("drain_60min", "thermal_throttling", "charge_cycle", "noisy_sensor")
@@ -52,8 +52,8 @@ def supervit_manifest() -> dict:
     import torch
 
     from exporter.api import describe_variants
-    from exporter.config import VariantGrid, ViTConfig
-    from exporter.model import SlimmableViT
+    from exporter.nn.config import VariantGrid, ViTConfig
+    from exporter.nn.model import SlimmableViT
 
     cfg = ViTConfig(img_size=224, patch_size=16, num_classes=1000, embed_dim=384, depth=12, num_heads=6,
                     extra_resolutions=(128,))
@@ -154,7 +154,7 @@ def main() -> None:
         "the time-weighted expected top-1 of the running variant.", "",
         *section(f"Digits demo bundle ({demo_name}; top-1 measured on {eval_samples(demo)} held-out digits)",
                  demo, demo_policy, demo_res),
-        *section("DeiT-S SuperViT table (MACs from exporter.cost; top-1 from the SuperViT paper)",
+        *section("DeiT-S SuperViT table (MACs from exporter.nn.cost; top-1 from the SuperViT paper)",
                  supervit, sv_policy, sv_res),
         f"Engine cost: {us:.1f} us per `decide` call (Python reference, one core).",
     ]

@@ -84,11 +84,11 @@ def paired(a, b) -> tuple[list[float], list[float]]:
 
 
 def main() -> None:
-    from exporter.bundle import export_bundle
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid, ViTConfig
-    from exporter.model import SlimmableViT
-    from exporter.profile import RUNTIMES, run_worker
+    from exporter.bundle.export import export_bundle
+    from exporter.checkpoints import LoadedModel
+    from exporter.nn.config import VariantGrid, ViTConfig
+    from exporter.nn.model import SlimmableViT
+    from exporter.measure.profile import RUNTIMES, run_worker
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

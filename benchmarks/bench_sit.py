@@ -24,12 +24,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import host, md_table, time_fn, write_section  # noqa: E402
 from calibration.data import Preprocess, digits  # noqa: E402
-from exporter.config import Variant, VariantGrid, ViTConfig  # noqa: E402
-from exporter.cost import mac_count  # noqa: E402
-from exporter.extract import extract_variant, static_spec  # noqa: E402
-from exporter.formats import get_format  # noqa: E402
-from exporter.model import SlimmableViT  # noqa: E402
-from exporter.sit import SitConfig, student_from_teacher, top1, train_sit  # noqa: E402
+from exporter.nn.config import Variant, VariantGrid, ViTConfig  # noqa: E402
+from exporter.nn.cost import mac_count  # noqa: E402
+from exporter.nn.extract import extract_variant, static_spec  # noqa: E402
+from exporter.convert.formats import get_format  # noqa: E402
+from exporter.nn.model import SlimmableViT  # noqa: E402
+from exporter.training.sit import SitConfig, student_from_teacher, top1, train_sit  # noqa: E402
 
 DEMO = ViTConfig(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=64, depth=4, num_heads=4)
 KEEPS = (0.7, 0.5)
@@ -82,7 +82,7 @@ def main() -> None:
     t0 = time.time()
     pre, test = Preprocess(), digits("test")
     if args.teacher:
-        from exporter.checkpoint import load_model
+        from exporter.checkpoints import load_model
 
         teacher = load_model(args.teacher).model
     else:

@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_sit import quick_teacher  # noqa: E402
 from benchmarks.common import host, md_table, time_fn, write_section  # noqa: E402
 from calibration.data import Preprocess, digits  # noqa: E402
-from exporter.config import Variant, ViTConfig  # noqa: E402
-from exporter.cost import mac_count  # noqa: E402
-from exporter.extract import extract_variant, static_spec  # noqa: E402
-from exporter.formats import get_format  # noqa: E402
-from exporter.model import SlimmableViT  # noqa: E402
-from exporter.searched import full_macs  # noqa: E402
-from exporter.vitslim import (Masks, SearchConfig, extract_structure, finetune, search, search_data,  # noqa: E402
+from exporter.nn.config import Variant, ViTConfig  # noqa: E402
+from exporter.nn.cost import mac_count  # noqa: E402
+from exporter.nn.extract import extract_variant, static_spec  # noqa: E402
+from exporter.convert.formats import get_format  # noqa: E402
+from exporter.nn.model import SlimmableViT  # noqa: E402
+from exporter.nn.searched import full_macs  # noqa: E402
+from exporter.training.search import (Masks, SearchConfig, extract_structure, finetune, search, search_data,  # noqa: E402
                               structure_for_budget)
 
 SEARCH_EPOCHS, FINETUNE_EPOCHS, ROUNDS, RUNS = 3, 3, 3, 30
@@ -65,7 +65,7 @@ def main() -> None:
     t0 = time.time()
     pre = Preprocess()
     if args.teacher:
-        from exporter.checkpoint import load_model
+        from exporter.checkpoints import load_model
 
         teacher = load_model(args.teacher).model
     else:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from calibration.data import DIGITS_LABELS, Preprocess, digits
+from calibration.data import Preprocess, digits
 from exporter.errors import SlimvitError
 
 Warn = Callable[[str], None]
@@ -123,10 +123,6 @@ def load_calibration(source: str | Path, pre: Preprocess, samples: int = DEFAULT
     chosen = tuple(np.ascontiguousarray(images[i], dtype=np.float32) for i in pick)
     return CalibrationSet(name, chosen, None if labels is None else np.asarray(labels)[pick],
                           seed, normalized)
-
-
-def builtin_labels() -> list[str]:
-    return list(DIGITS_LABELS)
 
 
 def _read_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:

@@ -4,10 +4,10 @@ Data flow: checkpoint -> `SlimmableViT` -> `Variant`/`Subnet` -> `extract_varian
 `StaticViT`) -> artifacts per format -> `manifest.json`.
 """
 
-from exporter.config import Subnet, Variant, VariantGrid, ViTConfig, resolve
 from exporter.errors import CheckpointError, ConfigError, SlimvitError, ValidationError
-from exporter.extract import extract_variant
-from exporter.model import SlimmableViT
+from exporter.nn.config import Subnet, Variant, VariantGrid, ViTConfig, resolve
+from exporter.nn.extract import extract_variant
+from exporter.nn.model import SlimmableViT
 
 __all__ = [
     "CheckpointError", "ConfigError", "SlimmableViT", "SlimvitError", "Subnet", "ValidationError",

@@ -8,18 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from calibration.data import digits
-from exporter.bundle import Progress, export_bundle
-from exporter.checkpoint import LoadedModel, load_model
-from exporter.config import VariantGrid, ViTConfig
-from exporter.cost import mac_count, param_count
+from exporter.bundle.export import Progress, export_bundle
+from exporter.bundle.keys import generate_keypair  # noqa: F401  (slimvit keygen)
+from exporter.bundle.signing import sign_bundle  # noqa: F401  (slimvit sign)
+from exporter.bundle.verify import check_bundle, verify_bundle  # noqa: F401  (slimvit verify)
+from exporter.checkpoints import LoadedModel, load_model
+from exporter.convert.formats import FORMATS
+from exporter.convert.quantize import quantize_options
+from exporter.convert.quantize.registry import precision_names
 from exporter.errors import ConfigError, check_choice
-from exporter.extract import static_spec
-from exporter.ingest import ingest_reports  # noqa: F401  (slimvit ingest)
-from exporter.profile import profile_bundle  # noqa: F401  (slimvit profile)
-from exporter.report import write_report  # noqa: F401  (slimvit report)
-from exporter.signing import generate_keypair, sign_bundle  # noqa: F401  (slimvit keygen, sign)
-from exporter.verify import check_bundle, verify_bundle  # noqa: F401  (slimvit verify)
-from exporter.model import SlimmableViT
+from exporter.measure.ingest import ingest_reports  # noqa: F401  (slimvit ingest)
+from exporter.measure.profile import profile_bundle  # noqa: F401  (slimvit profile)
+from exporter.measure.report import write_report  # noqa: F401  (slimvit report)
+from exporter.nn.config import VariantGrid, ViTConfig
+from exporter.nn.cost import mac_count, param_count
+from exporter.nn.extract import static_spec
+from exporter.nn.model import SlimmableViT
 
 EVAL_SETS = ("builtin",)
 
@@ -47,8 +51,7 @@ def with_config(loaded: LoadedModel, **changes: Any) -> LoadedModel:
 def describe_variants(model: SlimmableViT, grid: VariantGrid) -> list[dict[str, Any]]:
     """One row per variant: id, dims, tokens, params and MACs."""
     rows = []
-    searched = getattr(model, "structure", None) is not None  # ViT-Slim: its one structure
-    for s in model.subnets(grid) if searched else grid.subnets(model.cfg):
+    for s in model.subnets(grid):  # a searched (ViT-Slim) model: its one structure
         spec = static_spec(model, s)
         rows.append({"id": s.id, "width": round(s.width, 4), "embed_dim": s.embed_dim,
                      "num_heads": s.num_heads, "head_dim": s.head_dim, "mlp_hidden": s.mlp_hidden,
@@ -68,11 +71,9 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                              keep_going: bool = False, coreml_target: str = "iOS17",
                              resume: bool = False, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """`export_bundle` with an evaluation set chosen by name (``builtin`` = digits held-out) and
-    the precisions beyond fp32, calibrated on ``calibration`` (see `exporter.quantize`);
+    the precisions beyond fp32, calibrated on ``calibration`` (see `exporter.convert.quantize`);
     ``coreml_target`` is the Core ML minimum deployment target; ``resume`` takes artifacts a
     killed export finished from the artifact cache (``cache_dir``)."""
-    from exporter.quantize import quantize_options
-
     eval_set = None
     if eval_data is not None:
         check_choice("eval data", eval_data, EVAL_SETS)
@@ -88,3 +89,14 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                          quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
                          format_options={"coreml": {"deployment_target": coreml_target}},
                          resume=resume, cache_dir=cache_dir)
+
+
+def format_table() -> list[dict[str, Any]]:
+    """One row per registered export format (`slimvit formats`): suffix, layouts, whether it
+    runs on this host, its precisions and the export options only it reads."""
+    rows = []
+    for name, fmt in FORMATS.items():
+        rows.append({"format": name, "suffix": fmt.suffix, "directory": fmt.directory,
+                     "layouts": list(fmt.layouts), "runs_here": fmt.can_run,
+                     "precisions": precision_names(name), "options": list(fmt.cli_options)})
+    return rows

@@ -11,13 +11,14 @@ import sys
 import click
 import typer
 
+import exporter.commands.bundle  # noqa: F401  verify, sign, keygen, bundle install-*
+
 # Importing a command module registers its commands; `slimvit --help` lists them in this order.
 import exporter.commands.export  # noqa: F401  variants, export, demo
-import exporter.commands.bundle  # noqa: F401  verify, sign, keygen, bundle install-*
-import exporter.commands.train  # noqa: F401  train
-import exporter.commands.policy  # noqa: F401  select, simulate, policy *
 import exporter.commands.measure  # noqa: F401  profile, ingest, report
+import exporter.commands.policy  # noqa: F401  select, simulate, policy *
 import exporter.commands.search  # noqa: F401  search
+import exporter.commands.train  # noqa: F401  train
 from exporter.commands.common import app, console
 from exporter.errors import SlimvitError
 

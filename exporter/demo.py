@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from calibration.data import DIGITS_LABELS, digits
-from exporter.bundle import Progress, export_bundle
-from exporter.checkpoint import LoadedModel, save_checkpoint
-from exporter.config import VariantGrid, ViTConfig
 from exporter import training
+from exporter.bundle.export import Progress, export_bundle
+from exporter.checkpoints import LoadedModel, save_checkpoint
+from exporter.convert.formats import FORMATS
+from exporter.convert.quantize import quantize_options
+from exporter.convert.quantize.registry import precision_names
+from exporter.nn.config import VariantGrid, ViTConfig
 from exporter.training import TrainConfig
 
 # 8x8 digit scans upsampled to 32 px; a 24 px variant runs on 9 instead of 16 patches.
@@ -26,9 +29,9 @@ DEMO_TRAIN = TrainConfig(dataset="digits", recipe="scala", epochs=50, lr=2e-3,
                          widths=DEMO_GRID.widths, keep_rates=DEMO_GRID.keep_rates,
                          resolutions=DEMO_GRID.resolutions,
                          model={k: v for k, v in DEMO_MODEL.to_dict().items() if k != "num_classes"})
-DEMO_FORMATS = ("onnx", "tflite", "coreml")
-# Every registered precision of DEMO_FORMATS (exporter.quantize), calibrated on the training split.
-DEMO_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-xnnpack", "int8-weights", "palettized")
+DEMO_FORMATS = tuple(FORMATS)  # every registered format
+# Every registered precision of DEMO_FORMATS (exporter.convert.quantize), calibrated on the training split.
+DEMO_PRECISIONS = tuple(precision_names())  # every registered precision of those formats
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,6 @@ def run_demo(out: str | Path, train: TrainConfig = DEMO_TRAIN, formats: tuple[st
 
     ``precisions`` beyond fp32 are calibrated on 128 training images (``builtin``) and measured on
     the held-out split; one over the default 1 p.p. budget is retried, then left out."""
-    from exporter.quantize import quantize_options
-
     out = Path(out)
     trained = training.train(train, progress=(lambda e: e["event"] == "epoch" and log(e)) if log else None)
     model, pre = trained.model, trained.preprocess

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from functools import cache
 from importlib import resources
@@ -14,6 +15,14 @@ from exporter.fileio import atomic_write_json
 SCHEMA_VERSION = "1.0"
 MANIFEST_NAME = "manifest.json"
 SCHEMA_NAME = "manifest.schema.json"
+
+
+def tool_version() -> str:
+    """slimvit's installed version, written into manifests and vectors (``0+unknown`` from a bare tree)."""
+    try:
+        return importlib.metadata.version("slimvit")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 class ManifestError(SlimvitError):

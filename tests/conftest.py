@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from exporter.checkpoint import LoadedModel
-from exporter.config import VariantGrid, ViTConfig
-from exporter.model import SlimmableViT
+from exporter.bundle.export import export_bundle
+from exporter.checkpoints import LoadedModel
+from exporter.nn.config import VariantGrid, ViTConfig
+from exporter.nn.model import SlimmableViT
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -43,3 +49,45 @@ def loaded(model: SlimmableViT) -> LoadedModel:
 @pytest.fixture
 def small_grid() -> VariantGrid:
     return VariantGrid(widths=(0.5, 1.0), keep_rates=(1.0, 0.5), resolutions=(32,))
+
+
+# ---------------------------------------------------------------- a real bundle, shared
+
+def build_real_bundle() -> Path:
+    """One real ONNX bundle (two tiny variants), exported once per test process: test_signing
+    shares it (pytest may import this module twice, so the cache is a directory named by pid),
+    and the tests copy it before they change anything."""
+    tmp = Path(tempfile.gettempdir()) / f"slimvit-verify-{os.getpid()}"
+    if not (tmp / "bundle" / "manifest.json").is_file():
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        loaded = LoadedModel(tiny_model(depth=2), "tiny", "slimvit", [str(i) for i in range(10)])
+        grid = VariantGrid(widths=(0.5,), keep_rates=(1.0, 0.5), resolutions=(32,))
+        export_bundle(loaded, grid, tmp / "bundle")
+    return tmp / "bundle"
+
+
+@pytest.fixture
+def real_bundle() -> Path:
+    return build_real_bundle()
+
+
+def manifest_of(b: Path) -> dict:
+    return json.loads((b / "manifest.json").read_text())
+
+
+def rewrite(b: Path, change) -> None:
+    m = manifest_of(b)
+    change(m)
+    (b / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def first_artifact(b: Path) -> Path:
+    return b / manifest_of(b)["variants"][0]["artifacts"][0]["path"]
+
+
+def flip_byte(b):
+    p = first_artifact(b)
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    return "does not match the manifest"

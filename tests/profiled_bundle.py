@@ -26,12 +26,12 @@ def exported_bundle() -> Path:
     import torch
 
     from calibration.data import digits
-    from exporter.bundle import export_bundle
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid
+    from exporter.bundle.export import export_bundle
+    from exporter.checkpoints import LoadedModel
+    from exporter.convert.formats import get_format
     from exporter.fileio import sha256_file
-    from exporter.formats import get_format
     from exporter.manifest import read_manifest, write_manifest
+    from exporter.nn.config import VariantGrid
     from tests.conftest import tiny_model
 
     root = Path(tempfile.mkdtemp(prefix="slimvit-profile-"))
@@ -68,7 +68,7 @@ def copy_bundle(dest: Path) -> Path:
 @cache
 def profiled_bundle() -> tuple[Path, dict]:
     """A copy of the shared bundle after `profile_bundle` (5 runs): (bundle, manifest)."""
-    from exporter.profile import profile_bundle
+    from exporter.measure.profile import profile_bundle
 
     out = copy_bundle(Path(tempfile.mkdtemp(prefix="slimvit-profiled-", dir=exported_bundle().parent)))
     return out, profile_bundle(out, runs=5, warmup=1)

@@ -7,14 +7,14 @@ import jsonschema
 import pytest
 
 from calibration.data import digits
-from exporter.bundle import export_bundle
+from exporter.bundle.export import export_bundle
 from exporter.manifest import ManifestError, read_manifest
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid
+    from exporter.checkpoints import LoadedModel
+    from exporter.nn.config import VariantGrid
     from tests.conftest import tiny_model
 
     out = tmp_path_factory.mktemp("bundle")

@@ -8,8 +8,8 @@ import torch
 
 from calibration.data import Preprocess, digits
 from calibration.sources import MIN_SAMPLES, CalibrationError, CalibrationSet, load_calibration
+from exporter.convert.quantize import CALIBRATION_METHODS, QuantizeOptions, check_precisions, precision_names
 from exporter.errors import ConfigError
-from exporter.quantize import CALIBRATION_METHODS, QuantizeOptions, check_precisions, precision_names
 
 PRE = Preprocess()
 
@@ -58,7 +58,8 @@ def test_checkpoints_carry_the_crop_so_exports_reproduce_it(tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from exporter.checkpoint import CheckpointError, load_model, save_checkpoint
+    from exporter.checkpoints import load_model, save_checkpoint
+    from exporter.errors import CheckpointError
     from tests.conftest import tiny_model
 
     pre = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize="bicubic", crop=0.875)
@@ -168,7 +169,7 @@ def test_cli_bad_calibration_is_one_line_exit_2_and_writes_nothing(tmp_path):
     import subprocess
     import sys
 
-    from exporter.checkpoint import save_checkpoint
+    from exporter.checkpoints import save_checkpoint
     from tests.conftest import tiny_model
 
     ckpt = save_checkpoint(tiny_model(), tmp_path / "tiny.safetensors")

@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import save_file
 
 from exporter.api import export_checkpoint_bundle, load
-from exporter.checkpoint import CHECKPOINT_FORMATS, LOADERS, detect_format, weights_digest
-from exporter.config import Variant, VariantGrid
+from exporter.checkpoints import CHECKPOINT_FORMATS, LOADERS, detect_format, weights_digest
 from exporter.errors import CheckpointError, ConfigError
-from exporter.extract import extract_variant
+from exporter.nn.config import Variant, VariantGrid
+from exporter.nn.extract import extract_variant
 from tests.vit_reference import hydravit_subnet, random_vit, scala_subnet, supervit_blocks, vit_forward
 
 ATOL = 1e-4
@@ -313,7 +313,7 @@ def _bad_case(name: str, tmp: Path) -> tuple[Path, dict]:
     if name == "no EMA weights":
         return _write(tmp / "c.pth", {"state_dict": sd}), {"ema": True}
     if name == "EMA of a slimvit checkpoint":
-        from exporter.checkpoint import save_checkpoint
+        from exporter.checkpoints import save_checkpoint
         from tests.conftest import tiny_model
 
         return save_checkpoint(tiny_model(), tmp / "c.safetensors"), {"ema": True}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.checkpoint import save_checkpoint
+from exporter.checkpoints import save_checkpoint
 from tests.conftest import tiny_model
 
 SLIMVIT = [sys.executable, "-m", "exporter.cli"]

@@ -1,10 +1,17 @@
 import pytest
 
-from exporter.config import (
-    Variant, VariantGrid, ViTConfig, block_keeps, default_prune_blocks, keep_count, parse_floats,
-    resolve, token_schedule,
-)
 from exporter.errors import ConfigError
+from exporter.nn.config import (
+    Variant,
+    VariantGrid,
+    ViTConfig,
+    block_keeps,
+    default_prune_blocks,
+    keep_count,
+    parse_floats,
+    resolve,
+    token_schedule,
+)
 
 
 def test_default_prune_blocks_match_supervit_on_12_blocks():

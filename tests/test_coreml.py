@@ -11,16 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-import exporter.bundle as bundle_mod
-from exporter.bundle import IncompleteBundleError, export_bundle
-from exporter.checkpoint import LoadedModel
-from exporter.config import Variant, VariantGrid
+import exporter.bundle.export as bundle_mod
+from exporter.bundle.export import IncompleteBundleError, export_bundle
+from exporter.checkpoints import LoadedModel
+from exporter.convert.formats import get_format
+from exporter.convert.formats.coreml import ane_fallbacks, ane_unverified, program_info
 from exporter.errors import ConfigError, ExportError, ValidationError
-from exporter.extract import extract_variant
 from exporter.fileio import atomic_dir, sha256_tree
-from exporter.formats import get_format
-from exporter.formats.coreml import ane_fallbacks, ane_unverified, program_info
 from exporter.manifest import SCHEMA_VERSION
+from exporter.nn.config import Variant, VariantGrid
+from exporter.nn.extract import extract_variant
 from tests.conftest import tiny_model
 
 LABELS = [f"digit {i}" for i in range(10)]

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from calibration.data import Preprocess, digits
-from exporter.config import Variant
-from exporter.extract import extract_variant
-from exporter.formats.coreml import INPUT_NAME, OUTPUT_NAME, program_info
-from exporter.quantize import SENSITIVE_OPS
-from exporter.quantize import coreml_w8a8 as w8a8
+from exporter.convert.formats.coreml import INPUT_NAME, OUTPUT_NAME, program_info
+from exporter.convert.quantize import SENSITIVE_OPS
+from exporter.convert.quantize import coreml_w8a8 as w8a8
+from exporter.nn.config import Variant
+from exporter.nn.extract import extract_variant
 from tests.conftest import tiny_model
 
 PRE = Preprocess()
@@ -102,10 +102,10 @@ def test_target_for_needs_ios17_and_keeps_later_targets():
 
 def test_an_ios16_bundle_leaves_int8_out_and_keeps_its_target_for_fp16(tmp_path):
     from calibration.sources import load_calibration
-    from exporter.bundle import export_bundle
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid
-    from exporter.quantize import QuantizeOptions
+    from exporter.bundle.export import export_bundle
+    from exporter.checkpoints import LoadedModel
+    from exporter.convert.quantize import QuantizeOptions
+    from exporter.nn.config import VariantGrid
 
     loaded = LoadedModel(tiny_model(), "tiny", "slimvit", [str(i) for i in range(10)])
     opts = QuantizeOptions(("fp16", "int8"), load_calibration("builtin", PRE, samples=8), max_drop=1.0)

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.config import Variant, resolve
-from exporter.extract import extract_variant
+from exporter.bundle import verify
+from exporter.bundle.verify import runtime_problems
+from exporter.convert.formats import get_format
 from exporter.fileio import sha256_file, sha256_tree
-from exporter.formats import get_format
-from exporter import verify
-from exporter.verify import runtime_problems
+from exporter.nn.config import Variant, resolve
+from exporter.nn.extract import extract_variant
 from tests.conftest import tiny_model
 
 UUID = re.compile(rb"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
@@ -71,7 +71,7 @@ def test_coreml_packages_are_byte_stable(coreml_pair):
 
 def test_quantized_coreml_packages_are_byte_stable(tmp_path):
     pytest.importorskip("coremltools")
-    from exporter.quantize import QuantJob, get_precision
+    from exporter.convert.quantize import QuantJob, get_precision
 
     model = tiny_model(depth=1, embed_dim=32, num_heads=2)
     module = extract_variant(model, resolve(model.cfg, Variant(1.0, 1.0, 32)))
@@ -91,9 +91,9 @@ def test_quantized_coreml_packages_are_byte_stable(tmp_path):
 EXPORT_ONE = """
 import sys, numpy as np
 from tests.conftest import tiny_model
-from exporter.config import Variant, resolve
-from exporter.extract import extract_variant
-from exporter.formats import get_format
+from exporter.nn.config import Variant, resolve
+from exporter.nn.extract import extract_variant
+from exporter.convert.formats import get_format
 from exporter.fileio import sha256_tree
 model = tiny_model(depth=1, embed_dim=32, num_heads=2)
 x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from exporter.config import Variant, resolve
-from exporter.cost import mac_count, param_count
-from exporter.extract import extract_variant, static_spec
-from exporter.model import SlimmableViT
+from exporter.nn.config import Variant, resolve
+from exporter.nn.cost import mac_count, param_count
+from exporter.nn.extract import extract_variant, static_spec
+from exporter.nn.model import SlimmableViT
 from tests.conftest import tiny_model
 
 SETTINGS = {
@@ -89,7 +89,7 @@ def test_params_and_macs_match_torch_counters(setting, v):
 
 def test_macs_match_published_hydravit_figures():
     """HydraViT's analytic GMACs for k = 3, 6, 12 heads at 224 px: 1.25, 4.6, 17.56."""
-    from exporter.config import ViTConfig
+    from exporter.nn.config import ViTConfig
 
     model = SlimmableViT(ViTConfig(embed_dim=768, num_heads=12, depth=12))
     got = [round(mac_count(static_spec(model, resolve(model.cfg, Variant(k / 12)))) / 1e9, 2)

@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calibration.data import Preprocess
-from exporter.checkpoint import load_model, read_safetensors, save_checkpoint
+from exporter.bundle.verify import verify_bundle
+from exporter.checkpoints import load_model, save_checkpoint
+from exporter.checkpoints.reading import read_safetensors
 from exporter.errors import SlimvitError
 from exporter.manifest import read_manifest
-from exporter.verify import verify_bundle
-from tests.conftest import tiny_model
-from tests.test_verify import build_real_bundle
+from tests.conftest import build_real_bundle, tiny_model
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -287,7 +287,7 @@ TOOL_LINES = ["Inference timings in us: Init: 1000, First inference: 900, Warmup
                       .map("\n".join), json_values.map(json.dumps)),
        device=st.one_of(st.none(), st.just("pixel-7"), st.text(max_size=8)))
 def test_report_ingestion(tmp_path_factory, text, device):
-    from exporter.ingest import load_report
+    from exporter.measure.ingest import load_report
 
     p = tmp_path_factory.getbasetemp() / "w32_k100_r32.fp32.onnx.txt"
     p.write_text(text, errors="surrogateescape")
@@ -297,7 +297,7 @@ def test_report_ingestion(tmp_path_factory, text, device):
 @FUZZ
 @given(st.data())
 def test_report_ingestion_of_mutated_reports(tmp_path_factory, data):
-    from exporter.ingest import load_report, merge_report, IngestResult
+    from exporter.measure.ingest import IngestResult, load_report, merge_report
 
     v = MANIFEST["variants"][0]
     good = {"format": "slimvit-device-report/1", "app": "fuzz", "device": {"id": "pixel-7", "name": "Pixel 7"},
@@ -322,7 +322,7 @@ TRACE_LINES = ["t_s,battery,charging,thermal,low_power", "0,50,0,none,0", "10,20
                                                                    st.text(max_size=30)), max_size=6)
                       .map(lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass"))))
 def test_trace_reader(tmp_path_factory, data):
-    from exporter.simulate import read_trace
+    from exporter.policy.simulate import read_trace
 
     p = tmp_path_factory.getbasetemp() / "trace.csv"
     p.write_bytes(data)
@@ -335,7 +335,7 @@ def test_trace_reader(tmp_path_factory, data):
                                                   json_values, max_size=3)),
        suffix=st.sampled_from([".json", ".yaml"]), raw=st.one_of(st.none(), st.binary(max_size=80)))
 def test_policy_file_reader(tmp_path_factory, doc, suffix, raw):
-    from exporter.policy_bundle import bundle_policy, user_policy
+    from exporter.policy.spec import bundle_policy, user_policy
 
     p = tmp_path_factory.getbasetemp() / f"policy{suffix}"
     p.write_bytes(raw if raw is not None else json.dumps(doc).encode())

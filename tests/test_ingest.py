@@ -7,9 +7,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from exporter.ingest import (IngestError, detect_tool, ingest_reports, parse_benchmark_model, parse_perf_test,
-                             report_problems, report_schema)
 from exporter.manifest import read_manifest
+from exporter.measure.ingest import (
+    IngestError,
+    detect_tool,
+    ingest_reports,
+    parse_benchmark_model,
+    parse_perf_test,
+    report_problems,
+    report_schema,
+)
 from tests.profiled_bundle import DATA, copy_bundle
 
 MB = 2**20

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from exporter.bundle.install import install_bundle
+from exporter.bundle.verify import BundleError
 from exporter.fileio import sha256_file
-from exporter.install import install_bundle
-from exporter.verify import BundleError
 from tests.profiled_bundle import exported_bundle
 
 

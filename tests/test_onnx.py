@@ -7,11 +7,11 @@ import onnx
 import pytest
 import torch
 
-from exporter.config import Variant
+from exporter.convert.formats import FORMATS, get_format
+from exporter.convert.validate import validate_artifact
 from exporter.errors import ValidationError
-from exporter.extract import extract_variant
-from exporter.formats import FORMATS, get_format
-from exporter.validate import validate_artifact
+from exporter.nn.config import Variant
+from exporter.nn.extract import extract_variant
 from tests.conftest import tiny_model
 from tests.onnx_graph import int64_data_values, tensor_types
 

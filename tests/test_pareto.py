@@ -1,4 +1,4 @@
-from exporter.pareto import pareto_front
+from exporter.policy.pareto import pareto_front
 
 
 def test_front_drops_dominated_points_and_orders_by_cost():

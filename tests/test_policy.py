@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.policy import DeviceState, Policy, PolicyError, decide, target
-from exporter.policy_bundle import bundle_policy, default_policy, manifest_tiers
-from exporter.policy_vectors import (
+from exporter.policy.engine import DeviceState, Policy, PolicyError, decide, target
+from exporter.policy.spec import bundle_policy, default_policy, manifest_tiers
+from exporter.policy.vectors import (
     REFERENCE_POLICIES,
     REFERENCE_VARIANTS,
     check_vectors,
@@ -205,14 +205,14 @@ def test_check_vectors_reports_a_wrong_expectation_and_a_malformed_file():
 
 
 def test_a_manifest_without_policy_is_a_clear_error():
-    from exporter.policy_bundle import policy_of
+    from exporter.policy.spec import policy_of
 
     with pytest.raises(PolicyError, match="has no policy section; re-export"):
         policy_of({"variants": []}, "old_bundle")
 
 
 def test_refresh_latency_rereads_p50_and_keeps_everything_else():
-    from exporter.policy_bundle import refresh_latency
+    from exporter.policy.spec import refresh_latency
 
     m = manifest()
     old = bundle_policy(m, {"hysteresis": {"dwell_s": 7}, "latency": {"budget_ms": {"ref_phone": 10}}})

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 
 from exporter.manifest import read_manifest, validate_manifest
-from exporter.pareto import bundle_fronts
-from exporter.profile import RUNTIMES, ProfileError, host_device, profile_bundle, run_worker, usable_cores
+from exporter.measure.profile import RUNTIMES, ProfileError, host_device, profile_bundle, run_worker, usable_cores
+from exporter.policy.pareto import bundle_fronts
 from tests.profiled_bundle import TFLITE, copy_bundle, profiled_bundle
 
 LATENCY_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "cpu_p50_ms", "load_ms", "first_ms", "peak_mb", "runs",

@@ -13,15 +13,20 @@ import torch
 
 from calibration.data import Preprocess, digits
 from calibration.sources import load_calibration
-from exporter.bundle import _SubnetForward, export_bundle
-from exporter.checkpoint import LoadedModel
-from exporter.config import VariantGrid
-from exporter.manifest import read_manifest
-from exporter.extract import extract_variant
-from exporter.formats import get_format
-from exporter.quantize import (
-    SENSITIVE_OPS, QuantizeOptions, QuantJob, export_precisions, for_variant, get_precision,
+from exporter.bundle.export import export_bundle
+from exporter.checkpoints import LoadedModel
+from exporter.convert.formats import get_format
+from exporter.convert.quantize import (
+    SENSITIVE_OPS,
+    QuantizeOptions,
+    QuantJob,
+    export_precisions,
+    for_variant,
+    get_precision,
 )
+from exporter.manifest import read_manifest
+from exporter.nn.config import VariantGrid
+from exporter.nn.extract import SubnetForward, extract_variant
 from tests.conftest import tiny_model
 
 PRE = Preprocess()
@@ -150,7 +155,7 @@ def test_each_variant_is_calibrated_and_measured_at_its_own_resolution(loaded, e
     opts = QuantizeOptions(("int8",), load_calibration("builtin", PRE, samples=16))
     for s in GRID.subnets(loaded.model.cfg):
         real = PRE(eval_set.images, s.resolution).numpy()
-        vq = for_variant(opts, PRE, s.resolution, _SubnetForward(loaded.model, s), real,
+        vq = for_variant(opts, PRE, s.resolution, SubnetForward(loaded.model, s), real,
                          eval_set.labels, eval_set.name)
         assert vq.calibration.shape == (16, 3, s.resolution, s.resolution)
         with torch.no_grad():  # the reference is the FP32 PyTorch variant itself
@@ -165,7 +170,7 @@ def test_over_budget_retries_with_sensitive_ops_in_float_then_leaves_out(onnx_bu
     s = ONE.subnets(loaded.model.cfg)[0]
     opts = QuantizeOptions(("int8", "int8-dynamic"), load_calibration("builtin", PRE, samples=16),
                            max_drop=0.0)
-    vq = for_variant(opts, PRE, 24, _SubnetForward(loaded.model, s), PRE(eval_set.images, 24).numpy(),
+    vq = for_variant(opts, PRE, 24, SubnetForward(loaded.model, s), PRE(eval_set.images, 24).numpy(),
                      eval_set.labels, eval_set.name)
     # A zero budget: any top-1 drop at all sends a precision to the retry, then out.
     arts, left = export_precisions(get_format("onnx"), s.id, extract_variant(loaded.model, s), fp32,
@@ -191,7 +196,7 @@ def test_tflite_precisions_run_in_the_litert_interpreter(loaded, eval_set, tmp_p
     assert set(arts) | set(left) == {"fp32", "fp16", "int8-dynamic", "int8", "int8-xnnpack"}, left
     assert "fp16" in arts, left
     assert all("> budget 3.00 p.p." in why or "agreement" in why for why in left.values()), left
-    from exporter.formats.tflite import graph_info, read_metadata
+    from exporter.convert.formats.tflite import graph_info, read_metadata
 
     for name in set(arts) - {"fp32"}:
         a = arts[name]
@@ -211,7 +216,7 @@ def test_tflite_int8_xnnpack_stays_one_delegate_partition(loaded, tmp_path):
     those ops in float and the whole graph in one partition, as fp32 is."""
     import collections
 
-    from exporter.formats.tflite import TFLiteFormat, graph_info
+    from exporter.convert.formats.tflite import TFLiteFormat, graph_info
 
     s = ONE.subnets(loaded.model.cfg)[0]
     fp32 = tmp_path / "fp32.tflite"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from exporter.ingest import ingest_reports
-from exporter.profile import host_device
-from exporter.report import write_report
+from exporter.measure.ingest import ingest_reports
+from exporter.measure.profile import host_device
+from exporter.measure.report import write_report
 from tests.profiled_bundle import DATA, copy_bundle, profiled_bundle
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter.cache import ArtifactCache, publish_bundle, stage_bundle
-from exporter.checkpoint import save_checkpoint
+from exporter.bundle.verify import verify_bundle
+from exporter.checkpoints import save_checkpoint
+from exporter.convert.cache import ArtifactCache, publish_bundle, stage_bundle
 from exporter.fileio import sha256_file
-from exporter.verify import verify_bundle
-from tests.conftest import tiny_model
-from tests.test_verify import build_real_bundle
+from tests.conftest import build_real_bundle, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

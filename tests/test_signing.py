@@ -13,10 +13,18 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
 
-from exporter.signing import (CONTEXT, SIGNATURE_NAME, SigningError, generate_keypair, key_id,
-                              load_private_key, load_public_key, parse_expiry, sign_bundle)
-from exporter.verify import BundleError, verify_bundle
-from tests.test_verify import flip_byte, real_bundle  # noqa: F401  (session fixture)
+from exporter.bundle.keys import (
+    CONTEXT,
+    SIGNATURE_NAME,
+    SigningError,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+)
+from exporter.bundle.signing import parse_expiry, sign_bundle
+from exporter.bundle.verify import BundleError, verify_bundle
+from tests.conftest import flip_byte
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +33,7 @@ def keys(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def signed(real_bundle, keys, tmp_path) -> Path:  # noqa: F811
+def signed(real_bundle, keys, tmp_path) -> Path:
     b = Path(shutil.copytree(real_bundle, tmp_path / "b"))
     sign_bundle(b, keys[0])
     return b
@@ -109,7 +117,7 @@ def test_unsigned_check_warns_that_a_signature_was_not_checked(signed):
     assert report.warnings == ["manifest.sig present but not checked: pass --public-key"]
 
 
-def test_expiry_and_bundle_version_are_signed_in(real_bundle, keys, tmp_path):  # noqa: F811
+def test_expiry_and_bundle_version_are_signed_in(real_bundle, keys, tmp_path):
     b = Path(shutil.copytree(real_bundle, tmp_path / "b"))
     sign_bundle(b, keys[0], expires="30d", bundle_version=7)
     m = json.loads((b / "manifest.json").read_text())
@@ -124,7 +132,7 @@ def test_expiry_and_bundle_version_are_signed_in(real_bundle, keys, tmp_path):  
         sign_bundle(b, keys[0], bundle_version=6)
 
 
-def test_a_broken_bundle_is_never_signed(real_bundle, keys, tmp_path):  # noqa: F811
+def test_a_broken_bundle_is_never_signed(real_bundle, keys, tmp_path):
     b = Path(shutil.copytree(real_bundle, tmp_path / "b"))
     flip_byte(b)
     with pytest.raises(BundleError, match="1 problem"):
@@ -167,7 +175,7 @@ def test_parse_expiry():
             parse_expiry(bad, now)
 
 
-def test_cli_keygen_sign_verify(real_bundle, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_cli_keygen_sign_verify(real_bundle, tmp_path, monkeypatch, capsys):
     import sys
 
     from exporter.cli import main

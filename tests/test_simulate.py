@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.policy import Policy, PolicyError
-from exporter.policy_bundle import default_policy
-from exporter.simulate import read_trace, replay, simulate_bundle, summarize
+from exporter.policy.engine import Policy, PolicyError
+from exporter.policy.simulate import read_trace, replay, simulate_bundle, summarize
+from exporter.policy.spec import default_policy
 
 TRACES = Path(__file__).resolve().parents[1] / "examples" / "traces"
 HEADER = "t_s,battery,charging,thermal,low_power\n"
@@ -81,9 +81,9 @@ def test_example_traces_replay_with_few_switches():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from exporter.bundle import export_bundle
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid
+    from exporter.bundle.export import export_bundle
+    from exporter.checkpoints import LoadedModel
+    from exporter.nn.config import VariantGrid
     from tests.conftest import tiny_model
 
     out = tmp_path_factory.mktemp("policy_bundle")
@@ -97,7 +97,7 @@ def bundle(tmp_path_factory):
 
 
 def test_export_writes_the_policy_and_its_vectors(bundle):
-    from exporter.policy_vectors import check_vectors
+    from exporter.policy.vectors import check_vectors
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     policy = manifest["policy"]
@@ -168,9 +168,9 @@ def test_a_bundle_without_policy_is_a_clear_error(bundle, tmp_path):
 
 
 def test_a_bad_policy_fails_before_any_export_work(tmp_path):
-    from exporter.bundle import export_bundle
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid
+    from exporter.bundle.export import export_bundle
+    from exporter.checkpoints import LoadedModel
+    from exporter.nn.config import VariantGrid
     from tests.conftest import tiny_model
 
     loaded = LoadedModel(tiny_model(), "tiny", "slimvit", [str(i) for i in range(10)])
@@ -183,7 +183,7 @@ def test_policy_update_rewrites_policy_and_vectors(bundle, tmp_path):
     import shutil
 
     from exporter.manifest import read_manifest
-    from exporter.policy_bundle import update_policy
+    from exporter.policy.store import update_policy
 
     copy = tmp_path / "copy"
     shutil.copytree(bundle, copy)

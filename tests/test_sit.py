@@ -12,13 +12,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from calibration.data import Preprocess, digits
-from exporter.checkpoint import LoadedModel
-from exporter.config import Variant, VariantGrid, ViTConfig, resolve
-from exporter.cost import mac_count, param_count
+from exporter.checkpoints import LoadedModel
+from exporter.convert.formats import get_format
 from exporter.errors import ConfigError
-from exporter.extract import extract_variant, static_spec
-from exporter.formats import get_format
-from exporter.sit import SitConfig, forward_dense, sit_loss, student_from_teacher, train_sit
+from exporter.nn.config import Variant, VariantGrid, ViTConfig, resolve
+from exporter.nn.cost import mac_count, param_count
+from exporter.nn.extract import extract_variant, static_spec
+from exporter.training.sit import SitConfig, forward_dense, sit_loss, student_from_teacher, train_sit
 from tests.conftest import TINY, tiny_model
 from tests.onnx_graph import int64_data_values, tensor_types
 
@@ -92,8 +92,8 @@ def test_onnx_graph_has_no_topk_or_gather_and_no_int64_data(tmp_path):
 
 
 def test_tsm_variant_exports_through_every_format_and_tflite_has_no_gather(tmp_path):
-    from exporter.bundle import export_bundle
-    from exporter.formats.tflite import graph_info
+    from exporter.bundle.export import export_bundle
+    from exporter.convert.formats.tflite import graph_info
 
     loaded = LoadedModel(tiny_model(token_reducer="tsm"), "tiny-tsm", "slimvit", [str(i) for i in range(10)])
     manifest = export_bundle(loaded, VariantGrid((1.0,), (0.5,), (32,)), tmp_path, ["onnx", "tflite", "coreml"])

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.bundle import export_bundle
-from exporter.checkpoint import LoadedModel
-from exporter.config import Variant, VariantGrid
+from exporter.bundle.export import export_bundle
+from exporter.checkpoints import LoadedModel
+from exporter.convert.formats import FORMATS, get_format
+from exporter.convert.formats.tflite import delegate_problems, graph_info, read_metadata
+from exporter.convert.validate import validate_artifact
 from exporter.errors import ConfigError, ValidationError
-from exporter.extract import extract_variant
-from exporter.formats import FORMATS, get_format
-from exporter.formats.tflite import delegate_problems, graph_info, read_metadata
 from exporter.manifest import SCHEMA_VERSION
-from exporter.validate import validate_artifact
+from exporter.nn.config import Variant, VariantGrid
+from exporter.nn.extract import extract_variant
 from tests.conftest import tiny_model
 
 LABELS = [f"digit {i}" for i in range(10)]

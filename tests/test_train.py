@@ -14,11 +14,18 @@ import pytest
 import torch
 import yaml
 
-from exporter.checkpoint import load_model, save_checkpoint
-from exporter.config import VariantGrid, ViTConfig
+from exporter.checkpoints import load_model, save_checkpoint
 from exporter.errors import CheckpointError, ConfigError
+from exporter.nn.config import VariantGrid, ViTConfig
 from exporter.training import (
-    RECIPES, DatasetError, StepContext, TrainConfig, accuracy, load_dataset, resolve_config, train,
+    RECIPES,
+    DatasetError,
+    StepContext,
+    TrainConfig,
+    accuracy,
+    load_dataset,
+    resolve_config,
+    train,
     train_separate,
 )
 from exporter.training.loop import kl, run_members

@@ -12,7 +12,7 @@ import sys
 import torch
 import yaml
 
-from exporter.checkpoint import load_model
+from exporter.checkpoints import load_model
 from exporter.training import TrainConfig, train
 
 TINY_RUN = dict(train_limit=128, batch_size=32, epochs=2, warmup_epochs=0, lr=3e-3, widths=[0.5, 1.0],

@@ -3,11 +3,8 @@ with several problems gets all of them listed."""
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
 import shutil
-import tempfile
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,58 +12,14 @@ from pathlib import Path
 import onnx
 import pytest
 
+from exporter.bundle.verify import BundleError, Limits, check_bundle, verify_bundle
 from exporter.fileio import sha256_file
-from exporter.verify import BundleError, Limits, check_bundle, verify_bundle
-
-
-def build_real_bundle() -> Path:
-    """One real ONNX bundle (two tiny variants), exported once per test process: test_signing
-    shares it (pytest may import this module twice, so the cache is a directory named by pid),
-    and the tests copy it before they change anything."""
-    from exporter.bundle import export_bundle
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid
-    from tests.conftest import tiny_model
-
-    tmp = Path(tempfile.gettempdir()) / f"slimvit-verify-{os.getpid()}"
-    if not (tmp / "bundle" / "manifest.json").is_file():
-        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-        loaded = LoadedModel(tiny_model(depth=2), "tiny", "slimvit", [str(i) for i in range(10)])
-        grid = VariantGrid(widths=(0.5,), keep_rates=(1.0, 0.5), resolutions=(32,))
-        export_bundle(loaded, grid, tmp / "bundle")
-    return tmp / "bundle"
-
-
-@pytest.fixture
-def real_bundle() -> Path:
-    return build_real_bundle()
+from tests.conftest import first_artifact, flip_byte, manifest_of, rewrite
 
 
 @pytest.fixture
 def bundle(real_bundle, tmp_path) -> Path:
     return Path(shutil.copytree(real_bundle, tmp_path / "b", symlinks=True))
-
-
-def manifest_of(b: Path) -> dict:
-    return json.loads((b / "manifest.json").read_text())
-
-
-def rewrite(b: Path, change) -> None:
-    m = manifest_of(b)
-    change(m)
-    (b / "manifest.json").write_text(json.dumps(m, indent=2))
-
-
-def first_artifact(b: Path) -> Path:
-    return b / manifest_of(b)["variants"][0]["artifacts"][0]["path"]
-
-
-def flip_byte(b):
-    p = first_artifact(b)
-    data = bytearray(p.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    p.write_bytes(bytes(data))
-    return "does not match the manifest"
 
 
 def truncate(b):

@@ -11,13 +11,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from calibration.data import Preprocess
-from exporter.checkpoint import load_model, save_checkpoint
-from exporter.config import Variant, VariantGrid
-from exporter.cost import mac_count, param_count
+from exporter.checkpoints import load_model, save_checkpoint
 from exporter.errors import ConfigError
-from exporter.extract import extract_variant
-from exporter.searched import full_macs, structure_spec
-from exporter.vitslim import Masks, extract_structure, masked_forward, structure_at, structure_for_budget
+from exporter.nn.config import Variant, VariantGrid
+from exporter.nn.cost import mac_count, param_count
+from exporter.nn.extract import extract_variant
+from exporter.nn.searched import full_macs, structure_spec
+from exporter.training.search import Masks, extract_structure, masked_forward, structure_at, structure_for_budget
 from tests.conftest import tiny_model
 
 
@@ -102,7 +102,7 @@ def test_search_cli_writes_a_checkpoint_that_exports_through_every_format(tmp_pa
     with pytest.raises(ConfigError, match="one structure"):
         model.subnet(Variant(0.5))
 
-    from exporter.bundle import export_bundle
+    from exporter.bundle.export import export_bundle
 
     out = tmp_path / "bundle"
     manifest = export_bundle(loaded, VariantGrid((0.5, 1.0), (1.0, 0.5)), out, ["onnx", "tflite", "coreml"])
@@ -114,22 +114,59 @@ def test_search_cli_writes_a_checkpoint_that_exports_through_every_format(tmp_pa
     assert set(by_format) == {"onnx", "tflite", "coreml"}
     for name in ("onnx", "tflite"):
         assert by_format[name]["validation"]["max_abs_diff"] <= 1e-4
-    from exporter.formats import get_format
+    from exporter.convert.formats import get_format
 
     got = get_format("onnx").run(out / by_format["onnx"]["path"], x.numpy())
     assert np.abs(got - model(x).detach().numpy()).max() <= 1e-4
 
 
 def test_a_searched_checkpoint_round_trips_bit_exactly(tmp_path):
-    from exporter.searched import NonUniformViT, save_searched
+    from exporter.checkpoints import save_searched
+    from exporter.nn.searched import NonUniformViT
 
     model = tiny_model()
     st = structure_for_budget(random_masks(model, seed=2), model.cfg, 0.7)
     nu = NonUniformViT(model.cfg, st, 0.7)
     nu.net.load_state_dict(extract_structure(model, st).state_dict())
-    path = save_searched(nu.eval(), tmp_path / "s.safetensors", [str(i) for i in range(10)], Preprocess())
-    back = load_model(path).model
+    pre = Preprocess((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "bicubic", 0.875)
+    path = save_searched(nu.eval(), tmp_path / "s.safetensors", [str(i) for i in range(10)], pre)
+    loaded = load_model(path)
+    back = loaded.model
     assert back.structure == st
+    assert loaded.preprocess == pre  # crop and resize survive, as for a uniform checkpoint
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(back(x), nu(x))
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("preprocess", "[]", '"preprocess" must be a JSON dict'),
+    ("labels", "5", '"labels" must be a JSON list'),
+    ("labels", json.dumps(["a", "b"]), '"labels" has 2 names but the model has 10 classes'),
+    ("budget_macs", "nan", '"budget_macs" must be in (0, 1]'),
+    ("structure", "{}", "slimvit metadata is damaged"),
+])
+def test_a_searched_checkpoint_gets_every_metadata_check(tmp_path, key, value, says):
+    """The structure key used to skip metadata validation: '[]' as preprocess was a traceback,
+    '5' as labels loaded as the integer 5."""
+    from safetensors.torch import load_file, save_file
+
+    from exporter.checkpoints import save_searched
+    from exporter.errors import CheckpointError
+    from exporter.nn.searched import NonUniformViT
+
+    model = tiny_model()
+    st = structure_for_budget(random_masks(model, seed=3), model.cfg, 0.7)
+    nu = NonUniformViT(model.cfg, st, 0.7)
+    nu.net.load_state_dict(extract_structure(model, st).state_dict())
+    good = save_searched(nu.eval(), tmp_path / "good.safetensors", [str(i) for i in range(10)], Preprocess())
+    from safetensors import safe_open
+
+    with safe_open(str(good), "pt") as f:
+        meta = dict(f.metadata())
+    meta[key] = value
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(good)), str(bad), metadata=meta)
+    with pytest.raises(CheckpointError) as e:
+        load_model(bad)
+    assert says in str(e.value) and "\n" not in str(e.value)

@@ -1,5 +1,5 @@
 // The slimvit switching policy (docs/policy.md), ported from the Python reference
-// (exporter/policy.py). Pure: no DOM, no clock; runs in the browser and under Node's test runner.
+// (exporter/policy/engine.py). Pure: no DOM, no clock; runs in the browser and under Node's test runner.
 
 export class PolicyError extends Error {
   constructor(message, code) {

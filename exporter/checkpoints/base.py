@@ -5,18 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from calibration.data import Preprocess
+from exporter.checkpoints.loaded import LoadedModel, load_tensors
 from exporter.checkpoints.reading import Container, pick_state_dict, read_container
-from exporter.config import ViTConfig
 from exporter.errors import CheckpointError
-from exporter.model import SlimmableViT
-
-if TYPE_CHECKING:
-    from exporter.checkpoint import LoadedModel
+from exporter.nn.config import ViTConfig
+from exporter.nn.model import SlimmableViT
 
 # timm / DeiT / HydraViT / Scala / SuperViT all train with ImageNet's statistics.
 IMAGENET = Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
@@ -45,8 +43,6 @@ class CheckpointFormat:
 
 def finish(c: Container, cfg: ViTConfig, tensors: dict[str, torch.Tensor], fmt: str) -> LoadedModel:
     """Build the slimmable model of ``cfg`` and copy ``tensors`` (SlimmableViT names) into it."""
-    from exporter.checkpoint import LoadedModel, load_tensors
-
     # Not built on the meta device: its one-time set-up costs a one-shot CLI process more
     # (~0.4 s CPU, ~30 MB) than the random init it would skip (~0.1 s for DeiT-S).
     model = SlimmableViT(cfg)

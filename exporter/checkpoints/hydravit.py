@@ -3,14 +3,12 @@ A k-head subnet is the first 64k channels of every tensor: timm's ViT with embed
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from exporter.checkpoints.base import CheckpointFormat, finish, inner, pick_weights
 from exporter.checkpoints.infer import infer_config
+from exporter.checkpoints.loaded import LoadedModel
 from exporter.checkpoints.reading import Container
-
-if TYPE_CHECKING:
-    from exporter.checkpoint import LoadedModel
 
 NAME = "hydravit"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from exporter.config import ViTConfig
 from exporter.errors import CheckpointError, ConfigError
+from exporter.nn.config import ViTConfig
 
 DEFAULT_HEAD_DIM = 64  # DeiT / HydraViT heads; --num-heads overrides
 REQUIRED = ("patch_embed.proj.weight", "cls_token", "blocks.0.attn.qkv.weight",

@@ -7,6 +7,7 @@ class outside a short allowlist; such a file is refused, never unpickled."""
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import re
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from exporter.errors import CheckpointError
 # options beside the weights; a Namespace is a plain attribute bag and safe to rebuild.
 SAFE_GLOBALS = [argparse.Namespace]
 DDP_PREFIX = "module."
+MAX_HEADER_BYTES = 16 << 20  # a safetensors header larger than this is refused
 REFUSALS = ("GLOBAL", "unrecognized function", "allowlisted")
 
 
@@ -44,8 +46,6 @@ def read_container(path: Path) -> Container:
         CheckpointError: the file is truncated or corrupt, or it needs arbitrary code to unpickle.
     """
     if path.suffix == ".safetensors":
-        from exporter.checkpoint import read_safetensors
-
         tensors, meta = read_safetensors(path)
         return Container(path, tensors, meta)
     with open(path, "rb") as f:
@@ -118,3 +118,28 @@ def option_from_args(c: Container, name: str) -> Any:
     if isinstance(args, Mapping):
         return args.get(name)
     return getattr(args, name, None)
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read tensors and metadata, refusing truncated files and oversize headers."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: file is truncated ({size} bytes); not a safetensors file")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_BYTES or n + 8 > size:
+            raise CheckpointError(f"{path}: safetensors header claims {n} bytes but the file has "
+                                  f"{size}; the file is truncated or corrupt")
+        try:
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise CheckpointError(f"{path}: safetensors header is not valid JSON; the file is corrupt") from None
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read safetensors ({e}); the file is truncated or corrupt") from None
+    return tensors, meta

@@ -7,14 +7,12 @@ scale and LayerNorm eps 1e-5 at every width: `SlimmableViT` with ``slicing="rati
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from exporter.checkpoints.base import CheckpointFormat, finish, has_vit_keys, inner, pick_weights, strip_ddp
 from exporter.checkpoints.infer import infer_config
+from exporter.checkpoints.loaded import LoadedModel
 from exporter.checkpoints.reading import Container, option_from_args
-
-if TYPE_CHECKING:
-    from exporter.checkpoint import LoadedModel
 
 NAME = "scala"
 LN_EPS = 1e-5  # Scala's sliced forward calls layer_norm without eps

@@ -6,15 +6,13 @@ blocks 3, 6, 9 keeping ceil(rate * N) patch tokens, N counting CLS."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from exporter.checkpoints.base import CheckpointFormat, finish, has_vit_keys, inner, pick_weights, strip_ddp
 from exporter.checkpoints.infer import grid_of, infer_config, require
+from exporter.checkpoints.loaded import LoadedModel
 from exporter.checkpoints.reading import Container
 from exporter.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from exporter.checkpoint import LoadedModel
 
 NAME = "supervit"
 POS_LIST = re.compile(r"pos_embed_list\.(\d+)$")

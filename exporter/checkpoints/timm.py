@@ -3,14 +3,12 @@ release wrapper. Sliced like HydraViT (first k heads) if width variants are aske
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from exporter.checkpoints.base import CheckpointFormat, finish, has_vit_keys, pick_weights, strip_ddp
 from exporter.checkpoints.infer import infer_config
+from exporter.checkpoints.loaded import LoadedModel
 from exporter.checkpoints.reading import Container, is_state_dict
-
-if TYPE_CHECKING:
-    from exporter.checkpoint import LoadedModel
 
 NAME = "timm"
 

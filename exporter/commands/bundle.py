@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+from exporter.bundle.install import install_bundle
+from exporter.bundle.keys import generate_keypair
+from exporter.bundle.signing import sign_bundle
+from exporter.bundle.verify import verify_bundle
 from exporter.commands.common import app, bundle_app, console, out_console
 
 
@@ -20,8 +24,6 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
            ) -> None:
     """Check a bundle as an app must before loading it; exit 1 listing every problem."""
     import json
-
-    from exporter.verify import verify_bundle
 
     report = verify_bundle(bundle, public_key, min_bundle_version=min_bundle_version)
     if as_json:
@@ -48,8 +50,6 @@ def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory (must ver
              "--bundle-version", help="New bundle_version written into the manifest.")] = None,
          ) -> None:
     """Sign a bundle's manifest with Ed25519 (writes manifest.sig)."""
-    from exporter.signing import sign_bundle
-
     path = sign_bundle(bundle, key, expires=expires, bundle_version=bundle_version)
     console.print(f"signed: {path}")
 
@@ -57,8 +57,6 @@ def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory (must ver
 @app.command()
 def keygen(key: Annotated[Path, typer.Argument(help="Private key file to create (public: KEY.pub).")]) -> None:
     """Create an Ed25519 key pair for `slimvit sign` (set $SLIMVIT_KEY_PASSPHRASE to encrypt it)."""
-    from exporter.signing import generate_keypair
-
     private, public = generate_keypair(key)
     console.print(f"private key: {private} (keep it secret)\npublic key:  {public} (ship it in the app)")
 
@@ -67,8 +65,6 @@ def keygen(key: Annotated[Path, typer.Argument(help="Private key file to create 
 def bundle_install_android(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
                            sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
     """Verify BUNDLE and copy it (TFLite artifacts) into android_demo's assets."""
-    from exporter.install import install_bundle
-
     out_console.print(f"installed {install_bundle(bundle, 'android', sample=sample)}")
 
 
@@ -76,6 +72,4 @@ def bundle_install_android(bundle: Annotated[Path, typer.Argument(help="Bundle d
 def bundle_install_ios(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
                        sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
     """Verify BUNDLE and copy it (Core ML artifacts) into ios_demo's resources."""
-    from exporter.install import install_bundle
-
     out_console.print(f"installed {install_bundle(bundle, 'ios', sample=sample)}")

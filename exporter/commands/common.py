@@ -7,15 +7,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-if TYPE_CHECKING:  # the real imports stay inside the functions: `slimvit --help` must not load torch
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid
+from exporter.api import load
+from exporter.checkpoints import CHECKPOINT_FORMATS, LoadedModel
+from exporter.nn.config import VariantGrid, parse_floats, parse_ints
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Turn one slimmable ViT into the validated, switchable bundle a phone app ships.")
@@ -24,7 +24,7 @@ console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 160)
 
 CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.safetensors, .pth, .pt, .bin).")]
-FormatOpt = Annotated[str, typer.Option("--checkpoint-format", help="auto, or a checkpoint format name.")]
+FormatOpt = Annotated[str, typer.Option("--checkpoint-format", help=f"{', '.join(CHECKPOINT_FORMATS)}.")]
 HeadsOpt = Annotated[int | None, typer.Option("--num-heads", help="Override the inferred head count.")]
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Load the EMA weights of a training checkpoint.")]
 SlicingOpt = Annotated[str | None, typer.Option("--slicing", help="heads (HydraViT) or ratio (Scala).")]
@@ -72,8 +72,6 @@ def progress_bar(total: int, what: str) -> Iterator[Any]:
 def load_checkpoint(checkpoint: Path, checkpoint_format: str, num_heads: int | None, slicing: str | None,
                     ema: bool = False) -> LoadedModel:
     """Load a checkpoint for a command, printing warnings and a one-line summary of the model."""
-    from exporter.api import load
-
     loaded = load(checkpoint, checkpoint_format, num_heads=num_heads, slicing=slicing,
                   warn=lambda m: console.print(f"[yellow]warning:[/] {m}"), **({"ema": True} if ema else {}))
     how = (" (detected from its keys)" if checkpoint_format == "auto" else "") + (", EMA weights" if ema else "")
@@ -85,7 +83,5 @@ def load_checkpoint(checkpoint: Path, checkpoint_format: str, num_heads: int | N
 
 def parse_grid(widths: str, keep_rates: str, resolutions: str | None) -> VariantGrid:
     """The variant grid of the `--widths`, `--keep-rates` and `--resolutions` flags."""
-    from exporter.config import VariantGrid, parse_floats, parse_ints
-
     return VariantGrid(parse_floats(widths, "--widths"), parse_floats(keep_rates, "--keep-rates"),
                        parse_ints(resolutions, "--resolutions") if resolutions else None)

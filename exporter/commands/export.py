@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from exporter.api import describe_variants, export_checkpoint_bundle, format_table
+from exporter.bundle.export import IncompleteBundleError
 from exporter.commands.common import (
     CheckpointArg,
     EmaOpt,
@@ -25,6 +27,9 @@ from exporter.commands.common import (
     progress_bar,
     progress_bars,
 )
+from exporter.convert.formats import FORMATS
+from exporter.convert.quantize.registry import precision_names
+from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
 
 
 @app.command()
@@ -33,8 +38,6 @@ def variants(checkpoint: CheckpointArg, widths: WidthsOpt = "0.25,0.5,1.0",
              checkpoint_format: FormatOpt = "auto", num_heads: HeadsOpt = None,
              slicing: SlicingOpt = None, ema: EmaOpt = False) -> None:
     """Print the variant grid of a checkpoint with dims, params and MACs."""
-    from exporter.api import describe_variants
-
     loaded = load_checkpoint(checkpoint, checkpoint_format, num_heads, slicing, ema)
     rows = describe_variants(loaded.model, parse_grid(widths, keep_rates, resolutions))
     table = Table(title=f"{len(rows)} variants of {checkpoint.name}")
@@ -50,16 +53,18 @@ def export(checkpoint: CheckpointArg,
            out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
            widths: WidthsOpt = "0.25,0.5,1.0", keep_rates: KeepOpt = "1.0,0.7,0.5",
            resolutions: ResOpt = None,
-           formats: Annotated[str, typer.Option("--formats", help="Export formats.")] = "onnx",
+           formats: Annotated[str, typer.Option(
+               "--formats", help=f"Export formats: {', '.join(FORMATS)} (slimvit formats).")] = "onnx",
            checkpoint_format: FormatOpt = "auto", num_heads: HeadsOpt = None,
            slicing: SlicingOpt = None, ema: EmaOpt = False,
            eval_data: Annotated[str | None, typer.Option(
                "--eval-data", help="'builtin' to measure held-out accuracy on the digits set.")] = None,
            precisions: Annotated[str, typer.Option(
-               "--precisions", help="fp32,fp16,int8,int8-dynamic,int8-xnnpack,int8-weights,palettized")] = "fp32",
+               "--precisions", help=f"{','.join(precision_names())} (per format: slimvit formats).")] = "fp32",
            calibration: Annotated[str | None, typer.Option(
                "--calibration", help="builtin, an image directory or an .npz with normalized x.")] = None,
-           calibration_samples: Annotated[int, typer.Option("--calibration-samples")] = 128,
+           calibration_samples: Annotated[int, typer.Option(
+               "--calibration-samples", help="Calibration images per variant.")] = 128,
            calibration_method: Annotated[str, typer.Option(
                "--calibration-method", help="minmax, entropy or percentile.")] = "minmax",
            max_drop: Annotated[float, typer.Option(
@@ -77,14 +82,10 @@ def export(checkpoint: CheckpointArg,
                "--cache-dir", help="Artifact cache (default: .OUT.slimvit-cache beside --out).")] = None,
            ) -> None:
     """Export every variant of the grid as validated artifacts plus manifest.json."""
-    from exporter.api import export_checkpoint_bundle
-
     loaded = load_checkpoint(checkpoint, checkpoint_format, num_heads, slicing, ema)
     grid = parse_grid(widths, keep_rates, resolutions)
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
-    n = len(grid.subnets(loaded.model.cfg)) * len(fmt_list)
-    from exporter.bundle import IncompleteBundleError
-
+    n = len(loaded.model.subnets(grid)) * len(fmt_list)
     try:
         with progress_bar(n, "export") as step:
             manifest = export_checkpoint_bundle(
@@ -110,8 +111,6 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] =
     """Train a slimmable ViT on the built-in digits set, export and evaluate every variant."""
     import dataclasses
 
-    from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
-
     train = dataclasses.replace(DEMO_TRAIN, epochs=epochs or DEMO_TRAIN.epochs)
     n_art = len(DEMO_GRID.subnets(DEMO_MODEL)) * len(DEMO_FORMATS)
     with progress_bars((train.epochs, "train"), (n_art, "export")) as (step, export_step):
@@ -120,6 +119,19 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] =
     out_console.print(variant_table(result.manifest, f"bundle {result.bundle}"))
     print_precisions(result.manifest)
     console.print(f"checkpoint: {result.checkpoint}\nbundle:     {result.bundle}/manifest.json")
+
+
+@app.command()
+def formats() -> None:
+    """List the export formats, the precisions each offers and the options only it reads."""
+    table = Table(title="export formats (slimvit export --formats ... --precisions ...)")
+    for col in ("format", "suffix", "layouts", "runs here", "precisions", "options"):
+        table.add_column(col)
+    for r in format_table():
+        table.add_row(r["format"], r["suffix"] + ("/" if r["directory"] else ""), ",".join(r["layouts"]),
+                      "yes" if r["runs_here"] else "no (checked, not run)", ", ".join(r["precisions"]),
+                      " ".join(r["options"]) or "-")
+    out_console.print(table)
 
 
 def variant_table(manifest: dict[str, Any], title: str) -> Table:

@@ -8,7 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from exporter.bundle.keys import SIGNATURE_NAME
 from exporter.commands.common import app, console, out_console, progress_bar
+from exporter.measure.ingest import ingest_reports
+from exporter.measure.profile import host_device, plan_profile, profile_bundle
+from exporter.measure.report import write_report
 
 
 @app.command()
@@ -22,8 +26,6 @@ def profile(
         device_id: Annotated[str | None, typer.Option("--device-id", help="Override the host's device id.")] = None,
         ) -> None:
     """Measure latency, load time and memory of every artifact here; write them into the manifest."""
-    from exporter.profile import host_device, plan_profile, profile_bundle
-
     names = [r.strip() for r in runtime.split(",") if r.strip()] if runtime is not None else None
     n = len(plan_profile(bundle, names))
     with progress_bar(n, "profile") as step:
@@ -45,8 +47,6 @@ def profile(
 
 
 def _stale_signature_note(bundle: Path) -> None:
-    from exporter.verify import SIGNATURE_NAME
-
     if (bundle / SIGNATURE_NAME).exists():
         console.print(f"[yellow]warning:[/] manifest.json changed, so {SIGNATURE_NAME} no longer matches it; "
                       f"re-sign the bundle with `slimvit sign`", highlight=False)
@@ -64,8 +64,6 @@ def ingest(
             "--artifact", help="Artifact file a single text output measured, if its name does not say.")] = None,
         ) -> None:
     """Merge device profile reports into the manifest under their device ids."""
-    from exporter.ingest import ingest_reports
-
     result = ingest_reports(bundle, reports, device_id, device_name, artifact)
     for line in result.merged:
         console.print(f"merged: {line}", highlight=False)
@@ -84,8 +82,6 @@ def report(
             "report.html"),
         ) -> None:
     """Write a self-contained HTML report: variant table, accuracy vs latency/MACs, sizes."""
-    from exporter.report import write_report
-
     result = write_report(bundle, out)
     console.print(f"report: {result.html}")
     for path in result.charts.values():

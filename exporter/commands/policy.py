@@ -9,6 +9,10 @@ import typer
 from rich.table import Table
 
 from exporter.commands.common import app, console, out_console, policy_app
+from exporter.policy.simulate import simulate_bundle
+from exporter.policy.spec import select
+from exporter.policy.store import update_policy
+from exporter.policy.vectors import check_vectors, read_vectors, write_vectors
 
 
 @app.command("select")
@@ -24,8 +28,6 @@ def select_variant(
         ) -> None:
     """The variant the bundle's policy picks for a device state (docs/policy.md)."""
     import json
-
-    from exporter.policy_bundle import select
 
     c = select(bundle, thermal, battery, charging, low_power, platform, device)
     if as_json:
@@ -45,8 +47,6 @@ def simulate(
         fps: Annotated[float, typer.Option("--fps", help="Inferences per second (energy proxy).")] = 10.0,
         ) -> None:
     """Replay a device trace through the bundle's policy; write summary.json and a timeline plot."""
-    from exporter.simulate import simulate_bundle
-
     s = simulate_bundle(bundle, trace, out, platform, device, fps)
     run, best, cheap = s["policy"], s["always_best"], s["always_cheapest"]
     table = Table(title=f"{s['trace']}: {s['duration_s'] / 60:.1f} min, {s['switches']} switches "
@@ -70,8 +70,6 @@ def policy_vectors(
             "--reference", help="Reference policy without --bundle: default or custom.")] = "default",
         ) -> None:
     """Generate conformance vectors from the reference engine."""
-    from exporter.policy_vectors import write_vectors
-
     doc = write_vectors(out, bundle, reference)
     steps = sum(len(c["steps"]) for c in doc["cases"])
     console.print(f"{out}: {len(doc['cases'])} cases, {steps} steps, {len(doc['policy']['tiers'])} tiers")
@@ -84,8 +82,6 @@ def policy_update(
             "--policy", help="Policy file (JSON/YAML) merged over the default.")] = None,
         ) -> None:
     """Recompute a bundle's policy and conformance vectors (e.g. after `slimvit profile`)."""
-    from exporter.policy_bundle import update_policy
-
     p = update_policy(bundle, policy)
     console.print(f"{bundle}: policy with {len(p['tiers'])} tiers: {', '.join(p['tiers'])}")
 
@@ -93,8 +89,6 @@ def policy_update(
 @policy_app.command("check")
 def policy_check(vectors: Annotated[Path, typer.Argument(help="A policy vectors JSON file.")]) -> None:
     """Replay a vectors file through the reference engine; exit 1 listing every mismatch."""
-    from exporter.policy_vectors import check_vectors, read_vectors
-
     doc = read_vectors(vectors)
     bad = check_vectors(doc)
     for b in bad:

@@ -10,13 +10,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from exporter.commands.common import app, console, out_console
+from exporter.errors import ConfigError, check_choice
+from exporter.nn.config import parse_floats, parse_ints
+from exporter.training import RECIPES, SeparateResult, run_training
+from exporter.training.sit import SitConfig, run_sit
 
 
 @app.command()
 def train(
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the checkpoint, logs and state.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="'digits' or an ImageFolder directory.")] = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", help="sandwich, hydravit, scala or supervit.")] = None,
+    recipe: Annotated[str | None, typer.Option(
+        "--recipe", help=f"{', '.join(RECIPES)}, or sit (SiT token slimming).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML or TOML file; flags override it.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="A run folder (or its state.pt) to continue.")] = None,
@@ -32,12 +37,8 @@ def train(
         "--token-reducer", help="topk, or tsm (SiT's Token Slimming Module; with --recipe sit).")] = None,
 ) -> None:
     """Train one slimmable ViT whose every variant works (or, with --separate, one per width)."""
-    from exporter.config import parse_floats, parse_ints
-
     if recipe == "sit" or token_reducer is not None:
         return train_sit(out, teacher, token_reducer, recipe, epochs, lr, batch_size, seed, widths, keep_rates)
-    from exporter.training import SeparateResult, run_training
-
     overrides = dict(dataset=dataset, recipe=recipe, epochs=epochs, teacher=teacher, lr=lr,
                      batch_size=batch_size, seed=seed,
                      widths=parse_floats(widths, "--widths") if widths else None,
@@ -80,10 +81,6 @@ def train_sit(out: Path | None, teacher: str | None, token_reducer: str | None, 
               epochs: int | None, lr: float | None, batch_size: int | None, seed: int | None,
               widths: str | None, keep_rates: str | None) -> None:
     """`slimvit train --recipe sit --token-reducer tsm --teacher CKPT`: SiT on the built-in digits."""
-    from exporter.config import parse_floats
-    from exporter.errors import ConfigError, check_choice
-    from exporter.sit import SitConfig, run_sit
-
     check_choice("token reducer", token_reducer or "tsm", ("topk", "tsm"))
     if recipe != "sit" or token_reducer != "tsm" or not teacher or out is None:
         raise ConfigError("SiT training is --recipe sit --token-reducer tsm --teacher CHECKPOINT --out DIR "

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exporter.config import Variant, resolve
 from exporter.errors import ConfigError
+from exporter.nn.config import Variant, resolve
 from exporter.training.config import TrainConfig, resolve_config
 from exporter.training.loop import Progress, TrainResult, train
 

@@ -5,15 +5,14 @@ checkpoint so a run can be repeated or resumed."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.config import VariantGrid, ViTConfig
 from exporter.errors import ConfigError, did_you_mean
+from exporter.nn.config import VariantGrid, ViTConfig
 
 # The small ViT every built-in run starts from (8x8 digit scans upsampled to 32 px; a 24 px
 # variant runs on 9 instead of 16 patches). ``model:`` keys in a config file override it.
@@ -180,7 +179,3 @@ def config_yaml(cfg: TrainConfig, extra: Mapping[str, Any] | None = None) -> str
     import yaml
 
     return yaml.safe_dump({**cfg.to_dict(), **(extra or {})}, sort_keys=False)
-
-
-def config_json(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import exporter.training.ddp as ddp
 from calibration.data import ImageSet, Preprocess
-from exporter.checkpoint import load_model, save_checkpoint, weights_digest
-from exporter.config import Subnet, ViTConfig
+from exporter.checkpoints import load_model, save_checkpoint, weights_digest
 from exporter.errors import ConfigError
 from exporter.fileio import atomic_write_json, atomic_write_text
-from exporter.model import SlimmableViT
-from exporter.training import ddp
+from exporter.nn.config import Subnet, ViTConfig
+from exporter.nn.model import SlimmableViT
 from exporter.training.config import TrainConfig, config_yaml
 from exporter.training.data import DataSplit, augmented_inputs, load_dataset, random_shifts, translate
 from exporter.training.recipes import Member, StepContext, get_recipe

@@ -5,7 +5,7 @@ forward and backward, accumulating every gradient into one optimizer step. A mem
 the labels (cross-entropy, plus the external teacher when one is given) and/or from the
 detached logits of an earlier member of the same step (KL, in-place distillation).
 
-Facts matched (see SEEDS.md): sandwich (largest + smallest + random, in-place distillation),
+Facts matched (from each method's paper and public code): sandwich (largest + smallest + random, in-place distillation),
 HydraViT (one width per batch, uniform or weighted, cross-entropy only), Scala (full, one upper-
 and one lower-half width, the smallest; each distils from the next larger and learns the labels;
 the first epochs train the full model only), SuperViT (two resolutions at keep 1.0 with
@@ -22,8 +22,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporter.config import Subnet, Variant, ViTConfig, resolve
 from exporter.errors import ConfigError, check_choice
+from exporter.nn.config import Subnet, Variant, ViTConfig, resolve
 
 
 @dataclass(frozen=True)

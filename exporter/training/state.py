@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporter.config import ViTConfig
 from exporter.errors import CheckpointError
 from exporter.fileio import atomic_path
+from exporter.nn.config import ViTConfig
 
 STATE_FILE = "state.pt"
 

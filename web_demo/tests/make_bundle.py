@@ -35,9 +35,9 @@ def build(out: Path) -> None:
 
     from calibration.data import DIGITS_LABELS, digits
     from exporter import training
-    from exporter.bundle import export_bundle
-    from exporter.checkpoint import LoadedModel
-    from exporter.config import VariantGrid
+    from exporter.bundle.export import export_bundle
+    from exporter.checkpoints import LoadedModel
+    from exporter.nn.config import VariantGrid
     from exporter.demo import DEMO_TRAIN
 
     torch.set_num_threads(1)

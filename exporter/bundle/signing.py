@@ -1,0 +1,77 @@
+"""Signing a bundle: checks it with `verify` first, optionally stamps expiry and bundle version
+into its manifest, then writes ``manifest.sig`` (the format is described in `exporter.bundle.keys`)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from exporter.bundle.keys import SIGNATURE_NAME, SigningError, key_id, load_private_key, signed_message
+from exporter.bundle.verify import check_bundle, parse_time
+from exporter.fileio import atomic_write_json
+from exporter.manifest import MANIFEST_NAME, validate_manifest
+
+
+def parse_expiry(text: str, now: datetime | None = None) -> str:
+    """``30d`` / ``12h`` from now, or an ISO 8601 time with a zone -> RFC 3339 UTC string."""
+    now = now or datetime.now(UTC)
+    unit = {"d": timedelta(days=1), "h": timedelta(hours=1)}.get(text[-1:])
+    if unit is not None and text[:-1].isdigit():
+        when = now + int(text[:-1]) * unit
+    else:
+        when = parse_time(text)
+        if when is None:
+            raise SigningError(f'expiry "{text}" must be like "30d", "12h" or "2027-01-31T00:00:00Z"')
+    if when <= now:
+        raise SigningError(f"expiry {when.isoformat()} is in the past")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sign_bundle(bundle: str | Path, key: str | Path, *, expires: str | None = None,
+                bundle_version: int | None = None) -> Path:
+    """Sign a bundle's manifest with an Ed25519 private key; returns the ``manifest.sig`` path.
+
+    Args:
+        bundle: the bundle directory; it must pass `verify_bundle` first.
+        key: the private key (PEM).
+        expires: optional expiry (``30d`` or an ISO 8601 time), written into the manifest.
+        bundle_version: optional new ``bundle_version``, written into the manifest.
+
+    Raises:
+        SigningError: unreadable key, bad expiry.
+        BundleError: the bundle fails verification (a broken bundle is never signed).
+    """
+    root = Path(bundle)
+    private = load_private_key(key)
+    if expires is not None or bundle_version is not None:
+        _update_manifest(root, expires, bundle_version)
+    check_bundle(root)
+    data = (root / MANIFEST_NAME).read_bytes()
+    sig = {"format": "slimvit-signature", "version": 1, "algorithm": "ed25519",
+           "key_id": key_id(private.public_key()), "manifest_sha256": hashlib.sha256(data).hexdigest(),
+           "signature": base64.b64encode(private.sign(signed_message(data))).decode()}
+    atomic_write_json(root / SIGNATURE_NAME, sig)
+    return root / SIGNATURE_NAME
+
+
+def _update_manifest(root: Path, expires: str | None, bundle_version: int | None) -> None:
+    path = root / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise SigningError(f"{path}: cannot read the manifest ({e})") from None
+    if expires is not None:
+        manifest["expires"] = parse_expiry(expires)
+    if bundle_version is not None:
+        old = manifest.get("bundle_version")
+        if isinstance(old, int) and bundle_version < old:
+            raise SigningError(f"--bundle-version {bundle_version} is lower than the bundle's {old}; "
+                               f"bundle versions only increase")
+        manifest["bundle_version"] = bundle_version
+    validate_manifest(manifest)
+    atomic_write_json(path, manifest)
+
+

@@ -1,0 +1,31 @@
+"""The format registry: the one list of export formats the CLI, the manifest and the tests read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.convert.formats.base import ExportFormat
+from exporter.convert.formats.coreml import CoreMLFormat
+from exporter.convert.formats.onnx import OnnxFormat
+from exporter.convert.formats.tflite import TFLiteFormat
+from exporter.errors import check_choice
+
+FORMATS: dict[str, type[ExportFormat]] = {
+    OnnxFormat.name: OnnxFormat,
+    TFLiteFormat.name: TFLiteFormat,
+    CoreMLFormat.name: CoreMLFormat,
+}
+# Artifacts that are directories (Core ML packages): copied whole and hashed with sha256_tree.
+DIRECTORY_SUFFIXES = tuple(f.suffix for f in FORMATS.values() if f.directory)
+
+
+def get_format(name: str, **options: Any) -> ExportFormat:
+    """Instantiate a registered format by name, with a did-you-mean for unknown names.
+
+    ``options`` go to the format's constructor (``layout="NHWC"`` for tflite,
+    ``deployment_target="iOS16"`` for coreml)."""
+    check_choice("format", name, FORMATS)
+    return FORMATS[name](**options)
+
+
+__all__ = ["DIRECTORY_SUFFIXES", "FORMATS", "ExportFormat", "get_format"]

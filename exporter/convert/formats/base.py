@@ -1,0 +1,126 @@
+"""What every export format provides. One small class per backend, registered by name."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from torch import nn
+
+from exporter.errors import ExportError, check_choice
+
+
+class ExportFormat(ABC):
+    """One backend. Subclasses set the class constants and implement `export` and `run`.
+
+    Attributes:
+        name: the stable name used in the CLI and the manifest (``onnx``).
+        suffix: file (or directory) suffix of an artifact.
+        atol: absolute tolerance of the FP32 artifact against PyTorch logits.
+        can_run: whether `run` works on this host (Core ML cannot run off macOS); where it does
+            not, `check` validates the artifact without running it.
+        layouts: input layouts the format can export; the first is the default.
+        directory: whether an artifact is a directory (hashed with ``sha256_tree``), not a file.
+        cli_options: the `slimvit export` options that only this format reads.
+    """
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+    directory: ClassVar[bool] = False
+    cli_options: ClassVar[tuple[str, ...]] = ()
+    atol: ClassVar[float] = 1e-4
+    can_run: ClassVar[bool] = True
+    layouts: ClassVar[tuple[str, ...]] = ("NCHW",)
+
+    def __init__(self, layout: str | None = None) -> None:
+        self.layout = check_choice(f"{self.name} input layout", layout or self.layouts[0], self.layouts)
+
+    @abstractmethod
+    def export(self, module: nn.Module, example: np.ndarray, path: Path,
+               metadata: Mapping[str, str]) -> None:
+        """Write the artifact of ``module`` (a static variant, eval mode) to ``path``."""
+
+    @abstractmethod
+    def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
+        """Run the artifact on a batch (N, C, H, W) one sample at a time; return (N, classes)."""
+
+    def runtime_version(self) -> str:
+        """Name and version of what `run` uses, recorded with every validation."""
+        return self.name
+
+    def check(self, path: Path, module: nn.Module, example: np.ndarray) -> list[str]:
+        """Validate an artifact without running it (for hosts where `can_run` is false).
+
+        Returns:
+            What was checked, one short phrase each (recorded in the manifest).
+
+        Raises:
+            ValidationError: listing every problem found.
+        """
+        raise NotImplementedError(f"{self.name} artifacts can only be validated by running them")
+
+
+def converter_error(fmt: str, metadata: Mapping[str, str], error: BaseException) -> ExportError:
+    """An `ExportError` that names the format, the variant and (when the message shows it) the op."""
+    text = str(error).strip() or type(error).__name__
+    op = _op_name(text)
+    variant = metadata.get("slimvit.variant_id", "the variant")
+    first = text.splitlines()[0][:300]
+    what = f"op '{op}'" if op else "the graph"
+    return ExportError(f"{variant}: the {fmt} converter cannot handle {what}: {first}")
+
+
+_OP_PATTERNS = (r"Unsupported fx node (\w+)", r"aten[.:]+(\w+)",
+                r"op(?:eration)? ['\"`]?([\w.:]+)['\"`]?", r"ops \[['\"]?([\w.:]+)")
+
+
+def _op_name(text: str) -> str | None:
+    for pattern in _OP_PATTERNS:
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    return None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Converters print progress bars, warn about untested versions and log from C++ (straight to
+    file descriptors 1 and 2); keep the CLI readable. Errors still propagate as exceptions."""
+    for name in ("torch.onnx", "coremltools", "absl", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()  # ORT's quantization tools log through the root logger
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+              contextlib.redirect_stderr(io.StringIO()), _fd_silenced(1), _fd_silenced(2)):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def _fd_silenced(fd: int) -> Iterator[None]:
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor (embedded interpreters)
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)

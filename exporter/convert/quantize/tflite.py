@@ -1,0 +1,120 @@
+"""TFLite precisions with ai-edge-quantizer, starting from the validated FP32 `.tflite`:
+fp16 (float16 weights, float math), int8-dynamic (dynamic-range: int8 weights, activations
+quantized at run time by the kernels), int8 (full-integer ops with activation ranges
+calibrated on the variant's own inputs; float32 input/output so apps feed the same tensors,
+and what integer-only accelerators need) and int8-xnnpack (int8 only where the CPU's XNNPACK
+delegate runs int8, so the graph is not cut into partitions)."""
+
+from __future__ import annotations
+
+from exporter.convert.formats.base import quiet
+from exporter.convert.formats.tflite import finish_flatbuffer
+from exporter.convert.quantize.registry import Precision, QuantJob, register
+
+SIGNATURE = "serving_default"
+# Ops kept in float on a retry, per sensitive kind. litert-torch lowers LayerNorm to
+# MEAN/SQUARED_DIFFERENCE/RSQRT/MUL/ADD; keeping its statistics ops in float is what matters.
+_SENSITIVE = {"softmax": ("SOFTMAX",), "gelu": ("GELU",),
+              "layernorm": ("MEAN", "SQUARED_DIFFERENCE", "RSQRT"), "first": ("CONV_2D",)}
+
+
+def _quantizer(job: QuantJob):
+    from ai_edge_quantizer import quantizer
+
+    return quantizer.Quantizer(job.fp32_path.read_bytes())
+
+
+def _keep_float(qt, job: QuantJob) -> None:
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    ops = [op for kind in job.float_ops for op in _SENSITIVE.get(kind, ())]
+    for op in ops:
+        qt.update_quantization_recipe(regex=".*", operation_name=op,
+                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
+    if "last" in job.float_ops:  # the head writes the output tensor, named by the format
+        qt.update_quantization_recipe(regex="logits", operation_name="FULLY_CONNECTED",
+                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
+
+
+def _write(qt, job: QuantJob, precision: str, calibration=None) -> None:
+
+    result = qt.quantize(calibration, enable_progress_report=False)
+    data = finish_flatbuffer(bytes(result.quantized_model), {**job.metadata, "slimvit.precision": precision})
+    job.out.write_bytes(data)
+
+
+def quantize_fp16(job: QuantJob) -> None:
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    with quiet():
+        qt = _quantizer(job)
+        for op in ("FULLY_CONNECTED", "CONV_2D"):  # the weighted ops FLOAT_CASTING supports
+            qt.update_quantization_recipe(
+                regex=".*", operation_name=op, algorithm_key=AlgorithmName.FLOAT_CASTING,
+                op_config=qtyping.OpQuantizationConfig(
+                    weight_tensor_config=qtyping.TensorQuantizationConfig(
+                        num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+                    compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True))
+        _write(qt, job, "fp16")
+
+
+def quantize_int8_dynamic(job: QuantJob) -> None:
+    from ai_edge_quantizer import recipe
+
+    with quiet():
+        qt = _quantizer(job)
+        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        _keep_float(qt, job)
+        _write(qt, job, "int8-dynamic")
+
+
+# Ops whose int8 form the XNNPACK delegate (ai-edge-litert 2.3) leaves to the interpreter, found
+# by quantizing one op type at a time and counting delegate partitions. A full-integer ViT is
+# cut into ~120 partitions at DeiT-Ti shape by them; int8-xnnpack keeps them in float.
+NOT_DELEGATED_INT8 = ("ADD", "SUB", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX", "GELU", "BATCH_MATMUL")
+
+
+def _static(job: QuantJob, precision: str, float_ops: tuple[str, ...] = ()) -> None:
+    from ai_edge_quantizer import recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    if job.calibration is None:
+        raise ValueError("static int8 needs calibration inputs")
+    x = job.calibration if job.layout == "NCHW" else job.calibration.transpose(0, 2, 3, 1)
+    with quiet():
+        qt = _quantizer(job)
+        qt.load_quantization_recipe(recipe.static_wi8_ai8())
+        # float32 I/O: apps feed and read the same tensors
+        for op in ("INPUT", "OUTPUT", *float_ops):
+            qt.update_quantization_recipe(regex=".*", operation_name=op,
+                                          algorithm_key=AlgorithmName.NO_QUANTIZE)
+        _keep_float(qt, job)
+        samples = [{"pixel_values": x[i:i + 1].copy()} for i in range(len(x))]
+        ranges = qt.calibrate({SIGNATURE: samples}, num_threads=1)
+        _write(qt, job, precision, ranges)
+
+
+def quantize_int8(job: QuantJob) -> None:
+    _static(job, "int8")
+
+
+def quantize_int8_xnnpack(job: QuantJob) -> None:
+    _static(job, "int8-xnnpack", NOT_DELEGATED_INT8)
+
+
+FP16 = register(Precision("fp16", "tflite", "float16 weights of FULLY_CONNECTED/CONV_2D, float32 math "
+                          "(GPU delegates run fp16)", calibrated=False, min_agreement=0.97,
+                          quantize=quantize_fp16))
+INT8_DYNAMIC = register(Precision("int8-dynamic", "tflite", "dynamic range: per-channel int8 weights, "
+                                  "activations quantized per run", calibrated=False,
+                                  min_agreement=0.8, quantize=quantize_int8_dynamic))
+INT8 = register(Precision("int8", "tflite", "full-integer static int8 (ai-edge-quantizer static_wi8_ai8, "
+                          "min/max ranges), float32 input/output", calibrated=True,
+                          min_agreement=0.8, quantize=quantize_int8))
+INT8_XNNPACK = register(Precision("int8-xnnpack", "tflite", "static int8 for the ops XNNPACK runs in "
+                                  "int8 (FULLY_CONNECTED, CONV_2D, MEAN, MUL, data movement); "
+                                  "residual adds, LayerNorm statistics, softmax, GELU and attention "
+                                  "matmuls in float, so the graph stays one XNNPACK partition; "
+                                  "min/max ranges, float32 input/output", calibrated=True,
+                                  min_agreement=0.8, quantize=quantize_int8_xnnpack))

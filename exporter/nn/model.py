@@ -1,0 +1,307 @@
+"""The slimmable ViT: timm's `VisionTransformer` parameter names and shapes, with a forward
+that runs any subnet (width x keep rate x resolution) by slicing the full weights.
+
+Read top to bottom: slicing rules -> shared token ops -> Attention -> MLP -> Block -> model.
+Shapes: B batch, N tokens, D full embed dim, d subnet embed dim, H heads, hd head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from exporter.errors import ConfigError
+from exporter.nn.config import Subnet, Variant, VariantGrid, ViTConfig, block_keeps, resolve
+
+# --------------------------------------------------------------------------- slicing rules
+
+
+def channel_index(full: int, n: int, channels: str) -> slice:
+    """First or last ``n`` of ``full`` channels (Scala's Isolated Activation uses the last)."""
+    return slice(0, n) if channels == "first" else slice(full - n, full)
+
+
+def qkv_rows(cfg: ViTConfig, s: Subnet) -> Tensor | slice:
+    """Rows of the fused ``[q | k | v]`` weight that a subnet uses.
+
+    HydraViT (`heads`): the first d rows of each of q, k and v.
+    Scala (`ratio`): one contiguous block of 3d rows, first or last.
+    """
+    D, d = cfg.embed_dim, s.embed_dim
+    if cfg.slicing == "heads":
+        return torch.cat([torch.arange(i * D, i * D + d) for i in range(3)])
+    return channel_index(3 * D, 3 * d, s.channels)
+
+
+def resample_pos_embed(pos: Tensor, n_prefix: int, new_grid: int) -> Tensor:
+    """Bicubic resize of the patch part of a (1, P+g*g, D) pos_embed to a new grid size."""
+    prefix, grid = pos[:, :n_prefix], pos[:, n_prefix:]
+    old = math.isqrt(grid.shape[1])
+    if old == new_grid:
+        return pos
+    grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False,
+                         antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1)  # (1, g'*g', D)
+    return torch.cat([prefix, grid], dim=1)
+
+
+# --------------------------------------------------------------------------- shared token ops
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Plain softmax attention on 4-D tensors (B, H, N, hd); q is already scaled.
+
+    Returns the output (B, H, N, hd) and the probabilities (B, H, N, N), which token pruning
+    ranks by. Written out (no fused SDPA) so every exporter sees the same rank-4 ops.
+    """
+    attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+    return attn @ v, attn
+
+
+def prune_tokens(x: Tensor, attn: Tensor, n_keep: int, n_prefix: int, fuse: bool) -> Tensor:
+    """Keep the ``n_keep`` patch tokens the CLS token attends to most (EViT / SuperViT).
+
+    Args:
+        x: tokens (B, N, C), prefix tokens (CLS, dist) first.
+        attn: attention probabilities (B, H, N, N) of the same block.
+        n_keep: patch tokens to keep (static).
+        n_prefix: number of prefix tokens, never pruned.
+        fuse: append the attention-weighted average of the dropped tokens as one token.
+    """
+    B, N, C = x.shape
+    cls_attn = attn[:, :, 0, n_prefix:].mean(dim=1)  # (B, N-p)
+    if fuse:
+        order = cls_attn.topk(N - n_prefix, dim=1).indices  # (B, N-p) descending
+        keep_idx, drop_idx = order[:, :n_keep], order[:, n_keep:]
+    else:
+        keep_idx = cls_attn.topk(n_keep, dim=1).indices  # (B, k)
+    patches = x[:, n_prefix:]
+    kept = patches.gather(1, keep_idx.unsqueeze(-1).expand(B, n_keep, C))  # (B, k, C)
+    parts = [x[:, :n_prefix], kept]
+    if fuse:
+        n_drop = N - n_prefix - n_keep
+        dropped = patches.gather(1, drop_idx.unsqueeze(-1).expand(B, n_drop, C))  # (B, m, C)
+        w = cls_attn.gather(1, drop_idx).unsqueeze(-1)  # (B, m, 1)
+        parts.append((dropped * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True))
+    return torch.cat(parts, dim=1)
+
+
+def slim_tokens(x: Tensor, logits: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
+    """SiT's token slimming: each output token is a softmax-weighted sum of the patch tokens.
+
+    Args:
+        x: tokens (B, N, C), prefix tokens first (they pass through unchanged).
+        logits: the TSM's scores (B, N-p, k), one column per output token.
+        n_prefix: number of prefix tokens.
+
+    Returns:
+        The tokens (B, p+k, C) and the aggregation weights (B, N-p, k). Only a softmax and a
+        matmul: static shapes, no top-k, no gather.
+    """
+    weights = logits.softmax(dim=1)  # (B, N-p, k), a distribution over input tokens per output
+    slim = weights.transpose(1, 2) @ x[:, n_prefix:]  # (B, k, C)
+    return torch.cat([x[:, :n_prefix], slim], dim=1), weights
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+
+    def forward(self, x: Tensor, s: Subnet) -> tuple[Tensor, Tensor]:
+        B, N, d = x.shape
+        ch = channel_index(self.cfg.embed_dim, d, s.channels)
+        rows = qkv_rows(self.cfg, s)
+        bias = self.qkv.bias[rows] if self.qkv.bias is not None else None
+        qkv = F.linear(x, self.qkv.weight[rows][:, ch], bias)  # (B, N, 3d)
+        qkv = qkv.view(B, N, 3 * s.num_heads, s.head_dim).transpose(1, 2)  # (B, 3H, N, hd)
+        q, k, v = qkv.chunk(3, dim=1)  # each (B, H, N, hd)
+        # The scale stays 1/sqrt(full head dim) at every width (HydraViT: fixed head dim;
+        # Scala: its sliced forward keeps the full model's scale).
+        out, attn = attention(q * self.cfg.head_dim ** -0.5, k, v)
+        out = out.transpose(1, 2).reshape(B, N, d)  # (B, N, d)
+        return F.linear(out, self.proj.weight[ch, ch], self.proj.bias[ch]), attn
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_hidden)
+        self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.embed_dim)
+
+    def forward(self, x: Tensor, s: Subnet) -> Tensor:
+        ch = channel_index(self.cfg.embed_dim, s.embed_dim, s.channels)
+        hid = channel_index(self.cfg.mlp_hidden, s.mlp_hidden, s.channels)
+        x = F.gelu(F.linear(x, self.fc1.weight[hid, ch], self.fc1.bias[hid]))  # (B, N, h)
+        return F.linear(x, self.fc2.weight[ch, hid], self.fc2.bias[ch])
+
+
+def sliced_norm(norm: nn.LayerNorm, x: Tensor, s: Subnet, eps: float) -> Tensor:
+    ch = channel_index(norm.weight.shape[0], s.embed_dim, s.channels)
+    return F.layer_norm(x, (s.embed_dim,), norm.weight[ch], norm.bias[ch], eps)
+
+
+class TokenSlimming(nn.Module):
+    """SiT's Token Slimming Module: LayerNorm -> MLP -> softmax over input tokens -> weighted sum.
+
+    The MLP scores every patch token for ``tsm_slots`` output slots; a keep rate producing k
+    tokens uses the first k slots (weights ``fc2[:k]``), so one module per prune block serves
+    every keep rate and resolution, the way width subnets share the first channels. The
+    embed and hidden dims are sliced like the rest of the block.
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.tsm_hidden)
+        self.fc2 = nn.Linear(cfg.tsm_hidden, cfg.tsm_slots)
+
+    def forward(self, x: Tensor, s: Subnet, n_keep: int) -> tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        if n_keep > cfg.tsm_slots:
+            raise ConfigError(f"subnet {s.id} keeps {n_keep} tokens but the Token Slimming "
+                              f"Modules have {cfg.tsm_slots} slots; use a resolution up to "
+                              f"{cfg.resolutions[0]} or a lower keep rate")
+        ch = channel_index(cfg.embed_dim, s.embed_dim, s.channels)
+        hid = channel_index(cfg.tsm_hidden, s.embed_dim // 2, s.channels)
+        p = cfg.num_prefix_tokens
+        h = sliced_norm(self.norm, x[:, p:], s, cfg.ln_eps)  # (B, N-p, d)
+        h = F.gelu(F.linear(h, self.fc1.weight[hid, ch], self.fc1.bias[hid]))  # (B, N-p, d/2)
+        logits = F.linear(h, self.fc2.weight[:n_keep, hid], self.fc2.bias[:n_keep])  # (B, N-p, k)
+        return slim_tokens(x, logits, p)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ViTConfig, tsm: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
+        self.mlp = Mlp(cfg)
+        self.tsm = TokenSlimming(cfg) if tsm else None
+
+    def reduce(self, x: Tensor, attn: Tensor, s: Subnet, n_keep: int) -> tuple[Tensor, Tensor | None]:
+        """Reduce the tokens after attention; also returns the TSM's aggregation weights."""
+        if self.tsm is not None:
+            return self.tsm(x, s, n_keep)
+        return prune_tokens(x, attn, n_keep, self.cfg.num_prefix_tokens, self.cfg.fuse_tokens), None
+
+    def forward(self, x: Tensor, s: Subnet, n_keep: int | None) -> Tensor:
+        h, attn = self.attn(sliced_norm(self.norm1, x, s, self.cfg.ln_eps), s)
+        x = x + h
+        if n_keep is not None:
+            x = self.reduce(x, attn, s, n_keep)[0]
+        return x + self.mlp(sliced_norm(self.norm2, x, s, self.cfg.ln_eps), s)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+
+
+class SlimmableViT(nn.Module):
+    """One network, many subnets. ``forward(x, variant)`` runs the subnet; with no variant it
+    runs the full model at ``img_size``."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.embed_dim
+        n_patches = (cfg.img_size // cfg.patch_size) ** 2
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + cfg.num_prefix_tokens, D))
+        # SuperViT: one learned pos_embed per extra input size.
+        self.pos_embed_res = nn.ParameterDict({
+            str(r): nn.Parameter(torch.zeros(1, (r // cfg.patch_size) ** 2 + cfg.num_prefix_tokens, D))
+            for r in cfg.extra_resolutions
+        })
+        tsm = cfg.prune_blocks if cfg.token_reducer == "tsm" else ()
+        self.blocks = nn.ModuleList(Block(cfg, tsm=i in tsm) for i in range(cfg.depth))
+        self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
+        self.head = nn.Linear(D, cfg.num_classes)
+        self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.distilled else None
+        self.reset_parameters()
+
+    def subnets(self, grid: VariantGrid) -> list[Subnet]:
+        """The subnets this model exports for ``grid`` (a searched model overrides it)."""
+        return grid.subnets(self.cfg)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for p in [self.cls_token, self.pos_embed, *self.pos_embed_res.values()]:
+            nn.init.trunc_normal_(p, std=0.02)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def subnet(self, variant: Variant | Subnet | None = None) -> Subnet:
+        if isinstance(variant, Subnet):
+            return variant
+        return resolve(self.cfg, variant or Variant())
+
+    def pos_embed_for(self, resolution: int) -> Tensor:
+        """Full-width pos_embed (1, P+g*g, D) for a resolution: learned if the model has one for
+        that size, else resampled from the ``img_size`` one."""
+        if resolution == self.cfg.img_size:
+            return self.pos_embed
+        if str(resolution) in self.pos_embed_res:
+            return self.pos_embed_res[str(resolution)]
+        return resample_pos_embed(self.pos_embed, self.cfg.num_prefix_tokens,
+                                  resolution // self.cfg.patch_size)
+
+    def embed(self, x: Tensor, s: Subnet) -> Tensor:
+        """Patch embedding, prefix tokens and positions: (B, C, R, R) -> (B, N, d)."""
+        cfg = self.cfg
+        if x.shape[-2:] != (s.resolution, s.resolution):
+            raise ValueError(f"subnet {s.id} expects {s.resolution}x{s.resolution} input, "
+                             f"got {tuple(x.shape[-2:])}")
+        ch = channel_index(cfg.embed_dim, s.embed_dim, s.channels)
+        w = self.patch_embed.proj
+        x = F.conv2d(x, w.weight[ch], w.bias[ch], stride=cfg.patch_size)  # (B, d, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (B, g*g, d)
+        prefix = [self.cls_token[..., ch]]
+        if self.dist_token is not None:
+            prefix.append(self.dist_token[..., ch])
+        x = torch.cat([p.expand(x.shape[0], -1, -1) for p in prefix] + [x], dim=1)
+        return x + self.pos_embed_for(s.resolution)[..., ch]  # (B, N, d)
+
+    def forward_features(self, x: Tensor, s: Subnet) -> Tensor:
+        cfg = self.cfg
+        x = self.embed(x, s)
+        for block, n_keep in zip(self.blocks, block_keeps(cfg, s), strict=True):
+            x = block(x, s, n_keep)
+        return sliced_norm(self.norm, x, s, cfg.ln_eps)
+
+    def forward_head(self, x: Tensor, s: Subnet) -> Tensor:
+        ch = channel_index(self.cfg.embed_dim, s.embed_dim, s.channels)
+        logits = F.linear(x[:, 0], self.head.weight[:, ch], self.head.bias)
+        if self.head_dist is not None:
+            dist = F.linear(x[:, 1], self.head_dist.weight[:, ch], self.head_dist.bias)
+            logits = (logits + dist) / 2
+        return logits
+
+    def forward(self, x: Tensor, variant: Variant | Subnet | None = None) -> Tensor:
+        s = self.subnet(variant)
+        return self.forward_head(self.forward_features(x, s), s)
