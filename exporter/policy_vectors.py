@@ -2,7 +2,7 @@
 
 A vectors file is self-contained: the policy it was generated with, then cases of steps
 ``{t_s, thermal, battery, charging, low_power, expect}``; each case starts with no history.
-``expect`` is ``{variant, tier, rule}``, or ``{error}`` for input the engine must reject.
+``expect`` is ``{variant, tier, rule, reason}``, or ``{error}`` for input the engine must reject.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def run_steps(p: Policy, platform: str, device: str | None, steps: list[dict[str
         state = DeviceState(platform, s["thermal"], s["battery"], s["charging"], s["low_power"], device)
         try:
             prev = decide(p, state, prev, t_ms(s["t_s"]))
-            expect: dict[str, Any] = {"variant": prev.variant, "tier": prev.tier, "rule": prev.rule}
+            expect: dict[str, Any] = {"variant": prev.variant, "tier": prev.tier, "rule": prev.rule,
+                                      "reason": prev.reason}
         except PolicyError as e:
             expect = {"error": e.code}
         out.append({**s, "expect": expect})

@@ -130,8 +130,9 @@ def test_select_cli(bundle, monkeypatch, capsys):
     tiers = json.loads((bundle / "manifest.json").read_text())["policy"]["tiers"]
     code, out, _ = run_cli(monkeypatch, capsys, "select", str(bundle), "--thermal", "critical",
                            "--battery", "90", "--json")
-    assert code == 0 and json.loads(out) == {"variant": tiers[0], "reason": json.loads(out)["reason"]}
-    assert "critical" in json.loads(out)["reason"]
+    got = json.loads(out)
+    assert code == 0 and got == {"variant": tiers[0], "tier": 0, "rule": "thermal", "reason": got["reason"]}
+    assert got["reason"] == "android thermal critical: capped at tier 0"
     code, out, _ = run_cli(monkeypatch, capsys, "select", str(bundle), "--thermal", "nominal",
                            "--battery", "10", "--charging", "--platform", "ios", "--json")
     assert code == 0 and json.loads(out)["variant"] == tiers[-1]

@@ -20,7 +20,7 @@ def select_variant(
         low_power: Annotated[bool, typer.Option("--low-power", help="OS low-power mode is on.")] = False,
         platform: Annotated[str, typer.Option("--platform", help="android, ios or web.")] = "android",
         device: Annotated[str | None, typer.Option("--device", help="Device id for latency budgets.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help='Print {"variant": ID, "reason": TEXT}.')] = False,
+        as_json: Annotated[bool, typer.Option("--json", help='Print {"variant", "tier", "rule", "reason"} as JSON.')] = False,
         ) -> None:
     """The variant the bundle's policy picks for a device state (docs/policy.md)."""
     import json
@@ -29,7 +29,7 @@ def select_variant(
 
     c = select(bundle, thermal, battery, charging, low_power, platform, device)
     if as_json:
-        print(json.dumps({"variant": c.variant, "reason": c.reason}))
+        print(json.dumps({"variant": c.variant, "tier": c.tier, "rule": c.rule, "reason": c.reason}))
     else:
         print(f"{c.variant}  (tier {c.tier}, rule {c.rule}: {c.reason})")
 
