@@ -50,6 +50,7 @@ def custom_policy() -> dict[str, Any]:
     policy = reference_policy()
     tiers = policy["tiers"][1:]
     policy["tiers"] = tiers
+    policy["basis"]["tiers"] = "user"
     policy["thermal"]["max_tier"] = [3, 2, 1, 1]
     policy["thermal"]["platforms"]["android"]["moderate"] = 2
     policy["battery"]["bands"] = [{"min_pct": 80, "max_tier": 3}, {"min_pct": 40, "max_tier": 2},
