@@ -45,7 +45,10 @@ def with_config(loaded: LoadedModel, **changes: Any) -> LoadedModel:
 
 
 def describe_variants(model: SlimmableViT, grid: VariantGrid) -> list[dict[str, Any]]:
-    """One row per variant: id, dims, tokens, params and MACs."""
+    """One row per variant: id, dims, tokens (final count, and per stage as ``17>9>5``), params
+    and MACs."""
+    from exporter.grid_notes import token_stages
+
     rows = []
     searched = getattr(model, "structure", None) is not None  # ViT-Slim: its one structure
     for s in model.subnets(grid) if searched else grid.subnets(model.cfg):
@@ -53,7 +56,8 @@ def describe_variants(model: SlimmableViT, grid: VariantGrid) -> list[dict[str, 
         rows.append({"id": s.id, "width": round(s.width, 4), "embed_dim": s.embed_dim,
                      "num_heads": s.num_heads, "head_dim": s.head_dim, "mlp_hidden": s.mlp_hidden,
                      "keep_rate": s.keep_rate, "resolution": s.resolution,
-                     "final_tokens": s.tokens[-1], "params": param_count(spec),
+                     "final_tokens": s.tokens[-1], "tokens": token_stages(model.cfg, s),
+                     "params": param_count(spec),
                      "macs": mac_count(spec)})
     return rows
 

@@ -36,13 +36,32 @@ def variants(checkpoint: CheckpointArg, widths: WidthsOpt = "0.25,0.5,1.0",
     from exporter.api import describe_variants
 
     loaded = load_checkpoint(checkpoint, checkpoint_format, num_heads, slicing, ema)
-    rows = describe_variants(loaded.model, parse_grid(widths, keep_rates, resolutions))
-    table = Table(title=f"{len(rows)} variants of {checkpoint.name}")
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col == "id" else "right")
+    grid = parse_grid(widths, keep_rates, resolutions)
+    print_grid_notes(loaded.model.cfg, grid)
+    rows = describe_variants(loaded.model, grid)
+    table = Table(title=f"{len(rows)} variants of {checkpoint.name}; tokens: CLS + patches entering the "
+                        f"first block, then after each prune (keep rates compound)")
+    cols = {"id": "id", "width": "width", "embed_dim": "embed", "num_heads": "heads", "head_dim": "head dim",
+            "mlp_hidden": "mlp", "keep_rate": "keep", "resolution": "res", "tokens": "tokens",
+            "params": "params", "macs": "MMACs"}
+    for key, col in cols.items():
+        table.add_column(col, justify="left" if key in ("id", "tokens") else "right")
     for r in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()))
+        cells = {**r, "width": f"{r['width']:.3g}", "keep_rate": f"{r['keep_rate']:g}",
+                 "params": f"{r['params']:,}", "macs": f"{r['macs'] / 1e6:.2f}"}
+        table.add_row(*(str(cells[k]) for k in cols))
     out_console.print(table)
+
+
+def print_grid_notes(cfg: Any, grid: Any) -> None:
+    """Say how requested widths snapped, and warn when two collapse into one variant."""
+    from exporter.grid_notes import width_notes
+
+    info, warnings = width_notes(cfg, grid)
+    for line in info:
+        console.print(line, highlight=False, soft_wrap=True)
+    for line in warnings:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -59,7 +78,9 @@ def export(checkpoint: CheckpointArg,
                "--precisions", help="fp32,fp16,int8,int8-dynamic,int8-xnnpack,int8-weights,palettized")] = "fp32",
            calibration: Annotated[str | None, typer.Option(
                "--calibration", help="builtin, an image directory or an .npz with normalized x.")] = None,
-           calibration_samples: Annotated[int, typer.Option("--calibration-samples")] = 128,
+           calibration_samples: Annotated[int, typer.Option(
+               "--calibration-samples", help="Images drawn (with a seed) from --calibration to set int8 "
+                                             "activation ranges.")] = 128,
            calibration_method: Annotated[str, typer.Option(
                "--calibration-method", help="minmax, entropy or percentile.")] = "minmax",
            max_drop: Annotated[float, typer.Option(
@@ -81,6 +102,8 @@ def export(checkpoint: CheckpointArg,
 
     loaded = load_checkpoint(checkpoint, checkpoint_format, num_heads, slicing, ema)
     grid = parse_grid(widths, keep_rates, resolutions)
+    if getattr(loaded.model, "structure", None) is None:  # a searched structure has no width grid
+        print_grid_notes(loaded.model.cfg, grid)
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
     n = len(grid.subnets(loaded.model.cfg)) * len(fmt_list)
     from exporter.bundle import IncompleteBundleError
