@@ -18,6 +18,7 @@ import exporter.commands.train  # noqa: F401  train
 import exporter.commands.policy  # noqa: F401  select, simulate, policy *
 import exporter.commands.measure  # noqa: F401  profile, ingest, report
 import exporter.commands.search  # noqa: F401  search
+import exporter.commands.cache  # noqa: F401  cache info|clear
 from exporter.commands.common import app, console
 from exporter.errors import SlimvitError
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from exporter.commands.cache import print_cache_line
 from exporter.commands.common import (
     CheckpointArg,
     EmaOpt,
@@ -95,7 +96,8 @@ def export(checkpoint: CheckpointArg,
            resume: Annotated[bool, typer.Option(
                "--resume", help="Reuse artifacts a killed or earlier export finished (artifact cache).")] = False,
            cache_dir: Annotated[Path | None, typer.Option(
-               "--cache-dir", help="Artifact cache (default: .OUT.slimvit-cache beside --out).")] = None,
+               "--cache-dir", help="Artifact cache (default: $SLIMVIT_CACHE_DIR, else "
+                            "$XDG_CACHE_HOME/slimvit/artifacts or ~/.cache/slimvit/artifacts).")] = None,
            ) -> None:
     """Export every variant of the grid as validated artifacts plus manifest.json."""
     from exporter.api import export_checkpoint_bundle
@@ -124,6 +126,7 @@ def export(checkpoint: CheckpointArg,
         raise
     out_console.print(variant_table(manifest, f"bundle {out}"))
     print_precisions(manifest)
+    print_cache_line(cache_dir)
 
 
 @app.command()
