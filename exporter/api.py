@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from calibration.data import digits
+from calibration.eval_sets import load_eval_set
 from exporter.bundle import Progress, export_bundle
 from exporter.checkpoint import LoadedModel, load_model
 from exporter.config import VariantGrid, ViTConfig
 from exporter.cost import mac_count, param_count
-from exporter.errors import ConfigError, check_choice
+from exporter.errors import ConfigError
 from exporter.extract import static_spec
 from exporter.ingest import ingest_reports  # noqa: F401  (slimvit ingest)
 from exporter.profile import profile_bundle  # noqa: F401  (slimvit profile)
@@ -20,8 +20,9 @@ from exporter.report import write_report  # noqa: F401  (slimvit report)
 from exporter.signing import generate_keypair, sign_bundle  # noqa: F401  (slimvit keygen, sign)
 from exporter.verify import check_bundle, verify_bundle  # noqa: F401  (slimvit verify)
 from exporter.model import SlimmableViT
+from exporter.plain_warnings import accuracy_collapse_warning, plain_checkpoint_warning
 
-EVAL_SETS = ("builtin",)
+EVAL_SETS = ("builtin", "DIR", "FILE.npz")  # what --eval-data takes (calibration/eval_sets.py)
 
 
 def load(checkpoint: str | Path, checkpoint_format: str = "auto", *, num_heads: int | None = None,
@@ -79,16 +80,21 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
 
     eval_set = None
     if eval_data is not None:
-        check_choice("eval data", eval_data, EVAL_SETS)
-        eval_set = digits("test")
-        if loaded.model.cfg.num_classes != len(eval_set.class_names):
-            raise ConfigError(f"--eval-data builtin has 10 classes but the model has "
-                              f"{loaded.model.cfg.num_classes}; leave --eval-data out")
+        labels = loaded.labels or [str(i) for i in range(loaded.model.cfg.num_classes)]
+        eval_set = load_eval_set(eval_data, loaded.preprocess, loaded.model.cfg.img_size, labels)
+    say = warn or (lambda m: None)
+    plain = plain_checkpoint_warning(loaded, grid)
+    if plain:
+        say(plain)
     if not formats:
         raise ConfigError("--formats is empty; give at least one format, e.g. onnx")
     quant = quantize_options(precisions, calibration, loaded.preprocess, calibration_samples,
                              method=calibration_method, max_drop=max_drop, warn=warn)
-    return export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
-                         quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
-                         format_options={"coreml": {"deployment_target": coreml_target}},
-                         resume=resume, cache_dir=cache_dir)
+    manifest = export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
+                             quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
+                             format_options={"coreml": {"deployment_target": coreml_target}},
+                             resume=resume, cache_dir=cache_dir)
+    collapse = accuracy_collapse_warning(manifest)
+    if collapse and not plain:  # one warning about narrow widths, not two
+        say(collapse)
+    return manifest

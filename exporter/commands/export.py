@@ -74,7 +74,8 @@ def export(checkpoint: CheckpointArg,
            checkpoint_format: FormatOpt = "auto", num_heads: HeadsOpt = None,
            slicing: SlicingOpt = None, ema: EmaOpt = False,
            eval_data: Annotated[str | None, typer.Option(
-               "--eval-data", help="'builtin' to measure held-out accuracy on the digits set.")] = None,
+               "--eval-data", help="Held-out data for each artifact's top-1: 'builtin' (digits), a folder "
+                                   "with one sub-directory per class, or an .npz with x (normalized) and y.")] = None,
            precisions: Annotated[str, typer.Option(
                "--precisions", help="fp32,fp16,int8,int8-dynamic,int8-xnnpack,int8-weights,palettized")] = "fp32",
            calibration: Annotated[str | None, typer.Option(
@@ -154,6 +155,7 @@ def variant_table(manifest: dict[str, Any], title: str) -> Table:
     for col in ("variant", "embed", "heads", "keep", "res", "params", "MMACs", "artifact", "KB",
                 "max diff", "top-1"):
         table.add_column(col, justify="left" if col in ("variant", "artifact") else "right")
+    table.caption = _empty_column_note(manifest)
     for v in manifest["variants"]:
         for i, a in enumerate(v["artifacts"] or [None]):
             head = [v["id"], str(v["embed_dim"]), str(v["num_heads"]), f"{v['keep_rate']:g}",
@@ -168,6 +170,19 @@ def variant_table(manifest: dict[str, Any], title: str) -> Table:
                           _max_diff(a["validation"]),
                           "-" if acc is None else f"{100 * acc:.1f}%")
     return table
+
+
+def _empty_column_note(manifest: dict[str, Any]) -> str | None:
+    """Why a column shows "-": no --eval-data, or a format this host cannot run."""
+    arts = [a for v in manifest["variants"] for a in v["artifacts"]]
+    if not arts or all("accuracy" in a for a in arts):
+        return None
+    if not any("accuracy" in a for a in arts):
+        return ("top-1 \"-\": no evaluation data; pass --eval-data builtin, a folder with one "
+                "sub-directory per class, or an .npz with x and y")
+    missing = sorted({a["format"] for a in arts if "accuracy" not in a})
+    return (f"top-1 \"-\": {', '.join(missing)} artifacts cannot run on this host (Core ML runs only on "
+            f"macOS; their top-1 is measured there)")
 
 
 def _max_diff(validation: dict[str, Any]) -> str:
