@@ -110,13 +110,12 @@ def ingest(
 @app.command()
 def report(
         bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-        out: Annotated[Path, typer.Option("--out", help="HTML file to write; PNG charts go beside it.")] = Path(
+        out: Annotated[Path, typer.Option("--out", help="HTML file to write (self-contained, works offline).")] = Path(
             "report.html"),
         ) -> None:
-    """Write a self-contained HTML report: variant table, accuracy vs latency/MACs, sizes."""
+    """Write a self-contained HTML report: the policy (which variant runs when), accuracy vs latency
+    per device and runtime, and every artifact in a filterable table."""
     from exporter.report import write_report
 
     result = write_report(bundle, out)
-    console.print(f"report: {result.html}")
-    for path in result.charts.values():
-        console.print(f"chart:  {path}")
+    console.print(f"report: {result.html} ({result.bytes / 2**20:.1f} MB, opens offline)", highlight=False)

@@ -79,9 +79,21 @@ def build(out: Path) -> None:
         Image.fromarray(img).save(tmp / "samples" / name)
         samples.append({"file": name, "label": str(int(test.labels[i]))})
     (tmp / "samples" / "samples.json").write_text(json.dumps(samples, indent=1))
+    write_report_fixture(tmp)
     (tmp / "stamp").write_text(code_hash())
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def write_report_fixture(tmp: Path) -> None:
+    """A copy of the bundle, profiled here with ONNX Runtime (so the report has a latency chart
+    and a measured policy), and its `slimvit report` page: tests/report.test.mjs opens it."""
+    from exporter.profile import profile_bundle
+    from exporter.report import write_report
+
+    shutil.copytree(tmp / "bundle", tmp / "report_bundle")
+    profile_bundle(tmp / "report_bundle", ["onnxruntime"], runs=10, warmup=2)
+    write_report(tmp / "report_bundle", tmp / "report.html")
 
 
 def main() -> None:
