@@ -39,6 +39,7 @@ def build(out: Path) -> None:
     from exporter.checkpoint import LoadedModel
     from exporter.config import VariantGrid
     from exporter.demo import DEMO_TRAIN
+    from exporter.quantize import quantize_options
 
     torch.set_num_threads(1)
     grid = VariantGrid(widths=(0.25, 0.5, 1.0), keep_rates=(1.0, 0.5), resolutions=(32,))
@@ -48,8 +49,10 @@ def build(out: Path) -> None:
     loaded = LoadedModel(trained.model, "digits_vit", "slimvit", DIGITS_LABELS, trained.preprocess)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    # fp32 and fp16 ONNX: the page lets the user pick the precision it runs.
+    quant = quantize_options(("fp32", "fp16"), None, trained.preprocess)
     manifest = export_bundle(loaded, grid, tmp / "bundle", formats=("onnx",), eval_set=digits("test"),
-                             policy=POLICY)
+                             policy=POLICY, quantize=quant)
     # Samples every tier gets right, with a clear margin, saved as 32x32 PNGs in [0, 255].
     test = digits("test")
     x32 = torch.nn.functional.interpolate(torch.from_numpy(test.images), size=(32, 32), mode="bilinear",
