@@ -102,7 +102,7 @@ def policy_section(manifest: Mapping[str, Any]) -> str:
             else "MACs (no latency measured for it yet: <code>slimvit profile</code> or "
                  "<code>slimvit ingest</code>)")
     head = "<tr><th>device state</th><th>tier</th><th>variant</th><th>top-1</th><th>p50</th><th>size</th>" \
-           "<th>MMACs</th><th>why</th></tr>"
+           "<th>MMACs</th><th class='why'>why</th></tr>"
     rows = []
     for label, state in policy_states(policy):
         c = decide(policy, state, None, 0)
@@ -261,7 +261,7 @@ max-width:1360px;color:#222;line-height:1.45}h1{font-size:1.6em;margin-bottom:.2
 h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}h3{font-size:1em;margin:.3em 0}
 table{border-collapse:collapse;font-size:13px;margin:.6em 0}th,td{border:1px solid #d5d5d5;padding:3px 8px;
 text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}
-td:first-child,th:first-child,td.why{text-align:left}td.why{white-space:normal;color:#555;min-width:18em}
+td:first-child,th:first-child,td.why,th.why{text-align:left}td.why{white-space:normal;color:#555;min-width:18em}
 .scroll{max-width:100%;overflow-x:auto}.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));
 gap:1em}.chart{min-width:0;border:1px solid #e3e3e3;border-radius:6px;padding:.5em}.plot{width:100%;height:420px}
 .note{color:#666}.meta{color:#555}.filters{margin:.5em 0}.filters select{margin-right:1em}
