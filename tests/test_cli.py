@@ -42,6 +42,7 @@ def test_export_writes_a_bundle_and_prints_the_table(ckpt, tmp_path):
     err = " ".join(r.stderr.split())
     assert "artifact cache: " in err and "entries" in err and "MB" in err and "slimvit cache clear" in err
     assert not list(tmp_path.glob(".*slimvit-cache"))  # nothing hidden beside the bundle
+    assert "policy: " in err and "tiers, the front of onnx fp32 (cost = MACs until `slimvit profile`" in err
 
 
 @pytest.mark.parametrize("args,message", [

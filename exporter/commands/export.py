@@ -127,6 +127,7 @@ def export(checkpoint: CheckpointArg,
         raise
     out_console.print(variant_table(manifest, f"bundle {out}"))
     print_precisions(manifest)
+    print_policy_line(manifest)
     print_cache_line(cache_dir)
 
 
@@ -170,6 +171,17 @@ def variant_table(manifest: dict[str, Any], title: str) -> Table:
                           _max_diff(a["validation"]),
                           "-" if acc is None else f"{100 * acc:.1f}%")
     return table
+
+
+def print_policy_line(manifest: dict[str, Any]) -> None:
+    """Which variants the policy switches between, and what they were chosen by."""
+    policy = manifest.get("policy")
+    if not policy:
+        return
+    b = policy.get("basis") or {}
+    cost = f"p50 on {b['device']}" if b.get("device") else "MACs until `slimvit profile` measures latency"
+    console.print(f"policy: {len(policy['tiers'])} tiers, the front of {b.get('format')} {b.get('precision')} "
+                  f"(cost = {cost}): {', '.join(policy['tiers'])}", highlight=False, soft_wrap=True)
 
 
 def _empty_column_note(manifest: dict[str, Any]) -> str | None:
