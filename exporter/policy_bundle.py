@@ -17,7 +17,7 @@ from exporter.policy_tiers import (
     explain_change,
     front_tiers,
     tier_accuracy,
-    variant_accuracy,
+    variant_accuracy,  # noqa: F401  (re-exported: simulate and older callers import it from here)
 )
 
 POLICY_VECTORS_NAME = "policy_vectors.json"

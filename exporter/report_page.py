@@ -267,7 +267,8 @@ gap:1em}.chart{min-width:0;border:1px solid #e3e3e3;border-radius:6px;padding:.5
 .note{color:#666}.meta{color:#555}.filters{margin:.5em 0}.filters select{margin-right:1em}
 details{margin:.6em 0}"""
 
-FILTER_JS = """(function(){const f=document.getElementById('filter-format'),p=document.getElementById('filter-precision');
+FILTER_JS = """(function(){const f=document.getElementById('filter-format'),
+p=document.getElementById('filter-precision');
 const rows=[...document.querySelectorAll('#artifacts tbody tr')],shown=document.getElementById('shown');
 function apply(){let n=0;for(const r of rows){const ok=(!f.value||r.dataset.format===f.value)&&
 (!p.value||r.dataset.precision===p.value);r.style.display=ok?'':'none';n+=ok;}

@@ -33,7 +33,7 @@ def test_policy_first_then_one_chart_per_device_and_runtime_then_every_artifact(
     assert any("Pixel 7" in t and "ONNX Runtime" in t for t in titles)
     assert any(host in t and "LiteRT" in t for t in titles) and any(host in t and "ONNX Runtime" in t for t in titles)
     # a chart holds one runtime: every point of the host's ONNX chart is an ONNX artifact
-    for t, template, fmt in chart_groups(m):
+    for _title, template, fmt in chart_groups(m):
         fig = figure(m, template, fmt)
         for trace in fig["data"] if fig else []:
             assert all(f" {fmt} " in h.replace("<br>", " ") for h in trace.get("hovertext") or [])

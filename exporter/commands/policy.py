@@ -20,7 +20,8 @@ def select_variant(
         low_power: Annotated[bool, typer.Option("--low-power", help="OS low-power mode is on.")] = False,
         platform: Annotated[str, typer.Option("--platform", help="android, ios or web.")] = "android",
         device: Annotated[str | None, typer.Option("--device", help="Device id for latency budgets.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help='Print {"variant", "tier", "rule", "reason"} as JSON.')] = False,
+        as_json: Annotated[bool, typer.Option(
+            "--json", help='Print {"variant", "tier", "rule", "reason"} as JSON.')] = False,
         ) -> None:
     """The variant the bundle's policy picks for a device state (docs/policy.md)."""
     import json
