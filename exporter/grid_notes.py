@@ -43,7 +43,8 @@ def width_notes(cfg: ViTConfig, grid: VariantGrid) -> tuple[list[str], list[str]
         groups.setdefault(s.embed_dim, []).append(s.asked)
     for dim, asked in groups.items():
         if len(asked) > 1:
-            warnings.append(f"widths {', '.join(f'{a:g}' for a in asked)} all give embed {dim}: one variant "
+            all_ = "both" if len(asked) == 2 else "all"
+            warnings.append(f"widths {', '.join(f'{a:g}' for a in asked)} {all_} give embed {dim}: one variant "
                             f"instead of {len(asked)}; pick widths that differ by at least "
                             f"{1 / cfg.num_heads:.3g} ({'one head' if cfg.slicing == 'heads' else 'a step'})")
     return info, warnings

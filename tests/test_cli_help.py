@@ -62,7 +62,7 @@ def test_width_snapping_is_said_and_a_collapse_warned():
     cfg = ViTConfig(img_size=32, patch_size=8, num_classes=10, embed_dim=48, depth=4, num_heads=3)
     info, warn = width_notes(cfg, VariantGrid((0.5, 0.6, 1.0)))
     assert info and "0.5 -> 0.6667" in info[0] and "0.6 -> 0.6667" in info[0] and "1 -> 1 " in info[0]
-    assert warn == ["widths 0.5, 0.6 all give embed 32: one variant instead of 2; pick widths that "
+    assert warn == ["widths 0.5, 0.6 both give embed 32: one variant instead of 2; pick widths that "
                     "differ by at least 0.333 (one head)"]
     assert width_notes(cfg, VariantGrid((1 / 3, 1.0))) == ([], [])
 
