@@ -163,14 +163,16 @@ def figure(manifest: Mapping[str, Any], template: TierBasis | None, fmt: str) ->
         on = sorted((x, 100 * acc, vid) for (vid, _, acc), x in zip(pts, xs, strict=True) if vid in front)
         fig.add_trace(go.Scatter(x=[p[0] for p in on], y=[p[1] for p in on], mode="lines+markers+text",
                                  name=f"{prec} front", legendgroup=prec, showlegend=False,
-                                 text=[p[2] for p in on], textposition="top center", cliponaxis=False,
+                                 text=[p[2] for p in on], cliponaxis=False,
+                                 # neighbours on the front alternate sides, so close points keep apart labels
+                                 textposition=[("top left", "bottom right")[i % 2] for i in range(len(on))],
                                  textfont={"size": 10, "color": col},
                                  line={"color": col, "width": 2}, marker={"color": col, "size": 10},
                                  hoverinfo="skip"))
     if not fig.data:
         return None
     fig.update_layout(
-        height=420, margin={"l": 60, "r": 20, "t": 40, "b": 50}, template="plotly_white",
+        height=420, margin={"l": 60, "r": 80, "t": 40, "b": 50}, template="plotly_white",
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "title": {"text": "precision "}},
         xaxis={"title": {"text": "p50 latency (ms), lower is better" if by_latency else "MMACs per image"},
                "rangemode": "tozero"},
