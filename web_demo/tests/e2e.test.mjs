@@ -50,6 +50,12 @@ test('web demo switches variants with compute pressure', { timeout: 180_000 }, a
     assert.deepEqual(tierRows.map((r) => r[0]), tiers.map((_, i) => String(i)));
     assert.deepEqual(tierRows.map((r) => r[1]), tiers);
     assert.ok(tierRows.every((r) => /%$/.test(r[2]) && /KB$/.test(r[4]) && r[5] === 'fp32'), JSON.stringify(tierRows));
+    const fits = await page.evaluate(() => {
+      const t = document.getElementById('tier-list').getBoundingClientRect();
+      const card = document.getElementById('tier-list').closest('.card').getBoundingClientRect();
+      return { table: t.right, card: card.right, doc: document.documentElement.scrollWidth, win: window.innerWidth };
+    });
+    assert.ok(fits.table <= fits.card && fits.doc <= fits.win, `tier table overflows: ${JSON.stringify(fits)}`);
     // The user picks the precision the page runs: fp16 files are loaded, verified and classify right.
     assert.deepEqual(await page.$$eval('#precision option', (os) => os.map((o) => o.value)), ['fp32', 'fp16']);
     await page.selectOption('#precision', 'fp16');
