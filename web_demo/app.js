@@ -125,7 +125,11 @@ class Demo {
       const prec = a ? a.precision + (a.precision !== this.precision ? ' (fallback)' : '') : '–';
       return `<tr data-id="${id}"><td>${i}</td><td>${id}</td><td>${acc}</td><td>${p50}</td><td>${size}</td><td>${prec}</td></tr>`;
     });
-    $('tier-list').innerHTML = '<tr><th>tier</th><th>variant</th><th>top-1</th><th>p50</th><th>size</th><th>precision</th></tr>' + rows.join('');
+    $('tier-list').innerHTML = '<tr><th title="tier">#</th><th>variant</th><th>top-1</th><th>p50</th><th>size</th><th>prec.</th></tr>' + rows.join('');
+    const b = this.manifest.policy.basis;
+    $('tier-basis').textContent = b && b.format !== 'onnx'
+      ? `tiers: the Pareto front of ${b.format} ${b.precision} (the policy's app); this page runs onnx`
+      : '';
     if (this.choice) this.markTier(this.choice.variant);
   }
 
