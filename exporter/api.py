@@ -7,25 +7,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from calibration.data import digits
+from calibration.eval_sets import load_eval_set
 from exporter.bundle.export import Progress, export_bundle
 from exporter.bundle.keys import generate_keypair  # noqa: F401  (slimvit keygen)
+from exporter.bundle.plain_warnings import accuracy_collapse_warning, plain_checkpoint_warning
 from exporter.bundle.signing import sign_bundle  # noqa: F401  (slimvit sign)
 from exporter.bundle.verify import check_bundle, verify_bundle  # noqa: F401  (slimvit verify)
 from exporter.checkpoints import LoadedModel, load_model
 from exporter.convert.formats import FORMATS
 from exporter.convert.quantize import quantize_options
 from exporter.convert.quantize.registry import precision_names
-from exporter.errors import ConfigError, check_choice
+from exporter.errors import ConfigError
 from exporter.measure.ingest import ingest_reports  # noqa: F401  (slimvit ingest)
 from exporter.measure.profile import profile_bundle  # noqa: F401  (slimvit profile)
 from exporter.measure.report import write_report  # noqa: F401  (slimvit report)
 from exporter.nn.config import VariantGrid, ViTConfig
 from exporter.nn.cost import mac_count, param_count
 from exporter.nn.extract import static_spec
+from exporter.nn.grid_notes import token_stages
 from exporter.nn.model import SlimmableViT
 
-EVAL_SETS = ("builtin",)
+EVAL_SETS = ("builtin", "DIR", "FILE.npz")  # what --eval-data takes (calibration/eval_sets.py)
 
 
 def load(checkpoint: str | Path, checkpoint_format: str = "auto", *, num_heads: int | None = None,
@@ -49,14 +51,16 @@ def with_config(loaded: LoadedModel, **changes: Any) -> LoadedModel:
 
 
 def describe_variants(model: SlimmableViT, grid: VariantGrid) -> list[dict[str, Any]]:
-    """One row per variant: id, dims, tokens, params and MACs."""
+    """One row per variant: id, dims, tokens (final count, and per stage as ``17>9>5``), params
+    and MACs."""
     rows = []
     for s in model.subnets(grid):  # a searched (ViT-Slim) model: its one structure
         spec = static_spec(model, s)
         rows.append({"id": s.id, "width": round(s.width, 4), "embed_dim": s.embed_dim,
                      "num_heads": s.num_heads, "head_dim": s.head_dim, "mlp_hidden": s.mlp_hidden,
                      "keep_rate": s.keep_rate, "resolution": s.resolution,
-                     "final_tokens": s.tokens[-1], "params": param_count(spec),
+                     "final_tokens": s.tokens[-1], "tokens": token_stages(model.cfg, s),
+                     "params": param_count(spec),
                      "macs": mac_count(spec)})
     return rows
 
@@ -76,19 +80,24 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
     killed export finished from the artifact cache (``cache_dir``)."""
     eval_set = None
     if eval_data is not None:
-        check_choice("eval data", eval_data, EVAL_SETS)
-        eval_set = digits("test")
-        if loaded.model.cfg.num_classes != len(eval_set.class_names):
-            raise ConfigError(f"--eval-data builtin has 10 classes but the model has "
-                              f"{loaded.model.cfg.num_classes}; leave --eval-data out")
+        labels = loaded.labels or [str(i) for i in range(loaded.model.cfg.num_classes)]
+        eval_set = load_eval_set(eval_data, loaded.preprocess, loaded.model.cfg.img_size, labels)
+    say = warn or (lambda m: None)
+    plain = plain_checkpoint_warning(loaded, grid)
+    if plain:
+        say(plain)
     if not formats:
         raise ConfigError("--formats is empty; give at least one format, e.g. onnx")
     quant = quantize_options(precisions, calibration, loaded.preprocess, calibration_samples,
                              method=calibration_method, max_drop=max_drop, warn=warn)
-    return export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
-                         quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
-                         format_options={"coreml": {"deployment_target": coreml_target}},
-                         resume=resume, cache_dir=cache_dir)
+    manifest = export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
+                             quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
+                             format_options={"coreml": {"deployment_target": coreml_target}},
+                             resume=resume, cache_dir=cache_dir)
+    collapse = accuracy_collapse_warning(manifest)
+    if collapse and not plain:  # one warning about narrow widths, not two
+        say(collapse)
+    return manifest
 
 
 def format_table() -> list[dict[str, Any]]:

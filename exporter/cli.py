@@ -12,6 +12,7 @@ import click
 import typer
 
 import exporter.commands.bundle  # noqa: F401  verify, sign, keygen, bundle install-*
+import exporter.commands.cache  # noqa: F401  cache info|clear
 
 # Importing a command module registers its commands; `slimvit --help` lists them in this order.
 import exporter.commands.export  # noqa: F401  variants, export, demo

@@ -19,6 +19,11 @@ from exporter.nn.model import SlimmableViT
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Exports in tests cache their artifacts in a throwaway folder, never in the user's ~/.cache.
+if "SLIMVIT_CACHE_DIR" not in os.environ:
+    os.environ["SLIMVIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="slimvit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SLIMVIT_CACHE_DIR"], True)
+
 TINY = dict(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=64, depth=4, num_heads=4)
 
 

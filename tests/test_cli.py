@@ -38,6 +38,11 @@ def test_export_writes_a_bundle_and_prints_the_table(ckpt, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [v["id"] for v in manifest["variants"]] == ["w64_k100_r32", "w64_k70_r32", "w32_k100_r32", "w32_k70_r32"]
     assert "w32_k70_r32" in r.stdout
+    # where the artifact cache is and how big, and how to empty it
+    err = " ".join(r.stderr.split())
+    assert "artifact cache: " in err and "entries" in err and "MB" in err and "slimvit cache clear" in err
+    assert not list(tmp_path.glob(".*slimvit-cache"))  # nothing hidden beside the bundle
+    assert "policy: " in err and "tiers, the front of onnx fp32 (cost = MACs until `slimvit profile`" in err
 
 
 @pytest.mark.parametrize("args,message", [

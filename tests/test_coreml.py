@@ -199,3 +199,25 @@ def test_predict_matches_the_slimmable_model(bundle, model):
     with torch.no_grad():
         want = model(torch.from_numpy(x), Variant(0.5, 0.5, 32)).numpy()
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_packages_hold_only_the_package_format_no_converter_debug_files(bundle):
+    """coremltools writes executorch_debug_handle_mapping.json beside Manifest.json; it is stripped."""
+    out, _ = bundle
+    packages = sorted(out.glob("coreml/*.mlpackage"))
+    assert packages
+    for pkg in packages:
+        assert sorted(p.name for p in pkg.iterdir()) == ["Data", "Manifest.json"], pkg
+        assert not list(pkg.rglob("*debug*"))
+
+
+def test_strip_debug_files_keeps_the_package_and_removes_the_rest(tmp_path):
+    from exporter.convert.formats.coreml import strip_debug_files
+
+    pkg = tmp_path / "m.mlpackage"
+    (pkg / "Data" / "com.apple.CoreML").mkdir(parents=True)
+    (pkg / "Manifest.json").write_text("{}")
+    (pkg / "executorch_debug_handle_mapping.json").write_text("{}")
+    (pkg / "extra").mkdir()
+    assert strip_debug_files(pkg) == ["executorch_debug_handle_mapping.json", "extra"]
+    assert sorted(p.name for p in pkg.iterdir()) == ["Data", "Manifest.json"]

@@ -148,6 +148,11 @@ def test_cli_ingest_lists_merged_and_skipped(tmp_path, capsys, monkeypatch):
     main()
     err = capsys.readouterr().err
     assert "2 merged, 1 skipped" in err and "w48_k70_r224 onnx int8" in err
+    # the phone's numbers now decide the tiers, and ingest says what that did to the policy
+    policy = read_manifest(bundle)["policy"]
+    assert policy["basis"]["device"] == "pixel-7-android-14"
+    assert ("policy tiers changed" in err) or ("policy tiers unchanged (onnx fp32, cost = p50 on pixel" in err)
+    assert "conformance vectors refreshed" in " ".join(err.split())
     monkeypatch.setattr(sys, "argv", ["slimvit", "ingest", str(bundle), str(Path(tmp_path / "missing.json"))])
     with pytest.raises(SystemExit) as e:
         main()

@@ -221,3 +221,28 @@ def test_refresh_latency_rereads_p50_and_keeps_everything_else():
     assert new["latency"]["p50_ms"]["ref_phone"]["w64_k50_r32"] == 4.5
     assert new["latency"]["budget_ms"] == {"ref_phone": 10} and new["hysteresis"]["dwell_s"] == 7
     assert {k: v for k, v in new.items() if k != "latency"} == {k: v for k, v in old.items() if k != "latency"}
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    ({"battery": 15}, "battery 15% < 20%: capped at tier 0"),
+    ({"battery": 49.5}, "battery 49.5% < 50%: capped at tier 2"),
+    ({"battery": 80}, "on battery (80%): capped at tier 3"),
+    ({"battery": 80, "charging": True}, "no cap applies: best tier 4"),
+    ({"thermal": "severe", "charging": True}, "android thermal severe = serious: capped at tier 2"),
+    ({"thermal": "critical", "platform": "ios", "charging": True}, "ios thermal critical: capped at tier 0"),
+    ({"low_power": True, "charging": True}, "low-power mode on: capped at tier 2"),
+])
+def test_reason_names_the_binding_threshold_the_way_a_person_reads_it(policy, kwargs, reason):
+    assert decide(policy, state(**kwargs), None, 0).reason == reason
+
+
+def test_reason_of_hysteresis_names_the_step_up_threshold(policy):
+    low = decide(policy, state(battery=40), None, 0)
+    assert decide(policy, state(battery=52), low, 1000).reason == "battery 52% < 55% to step up: stay at tier 2"
+
+
+def test_vectors_carry_the_reason_text_for_the_ports():
+    doc = json.loads(REPO_VECTORS.read_text())
+    reasons = [s["expect"]["reason"] for c in doc["cases"] for s in c["steps"] if "variant" in s["expect"]]
+    assert reasons and all(r for r in reasons)
+    assert not any(">= 0%" in r for r in reasons)

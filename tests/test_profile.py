@@ -132,8 +132,13 @@ def test_cli_profile_prints_the_table_and_exits_2_on_bad_input(tmp_path, capsys,
     monkeypatch.setattr(sys, "argv", ["slimvit", "profile", str(bundle), "--runtime", "litert",
                                       "--runs", "3", "--warmup", "0", "--device-id", "cli-host"])
     main()
-    out = capsys.readouterr().out
-    assert "latency on cli-host" in out and "w32_k100_r32" in out and "tflite fp32" in out
+    captured = capsys.readouterr()
+    out, err = captured.out, " ".join(captured.err.split())
+    # a summary, not one row per artifact; what was not measured and why; the policy's fate
+    assert "fastest" in out and "slowest" in out and "front" in out and "p90" not in out
+    assert "2 onnx artifact(s) not measured: left out of --runtime (add onnxruntime)" in err
+    assert "policy tiers unchanged (onnx fp32" in err and "conformance vectors refreshed" in err
+    assert "p50 latency on cli-host" in out and "w32_k100_r32" in out and "tflite" in out
     assert [a["format"] for v in read_manifest(bundle)["variants"] for a in v["artifacts"]
             if "cli-host" in a.get("latency", {})] == ["tflite"]
     monkeypatch.setattr(sys, "argv", ["slimvit", "profile", str(bundle), "--runtime", "tflite"])
@@ -153,10 +158,12 @@ def test_profiling_refreshes_the_policy_latency_table_and_its_vectors():
     policy = manifest["policy"]
     p50 = policy["latency"]["p50_ms"][dev]
     by_id = {v["id"]: v for v in manifest["variants"]}
+    basis = policy["basis"]
+    assert (basis["format"], basis["precision"], basis["device"]) == ("onnx", "fp32", dev)
     for tier in policy["tiers"]:
-        measured = [a["latency"][dev]["p50_ms"] for a in by_id[tier]["artifacts"]
-                    if a["precision"] == "fp32" and dev in a.get("latency", {})]
-        assert p50[tier] == min(measured)
+        (measured,) = [a["latency"][dev]["p50_ms"] for a in by_id[tier]["artifacts"]
+                       if (a["format"], a["precision"]) == ("onnx", "fp32")]
+        assert p50[tier] == measured
     vectors = json.loads((bundle / "policy_vectors.json").read_text())
     assert vectors["policy"] == policy
     assert manifest["policy_vectors"]["sha256"] == sha256_file(bundle / "policy_vectors.json")

@@ -90,7 +90,8 @@ def test_cache_keys_hits_and_damaged_entries(tmp_path):
 def run_export(ckpt: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "exporter.cli", "export", str(ckpt), "--out", str(out),
            "--widths", "0.5,1.0", "--keep-rates", "1.0", "--precisions", "fp32,fp16", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # The default cache: $XDG_CACHE_HOME/slimvit/artifacts (here a folder beside --out).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(out.parent / "xdg")}
     env.pop("SLIMVIT_CACHE_DIR", None)
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -111,7 +112,7 @@ def test_kill_mid_export_keeps_the_previous_bundle_and_resume_finishes_it(tmp_pa
     out = copy_of_real_bundle(tmp_path / "bundle")  # the previous bundle: other weights
     before = {p: (out / p).read_bytes() for p in ["manifest.json", *artifact_paths(out)]}
     ckpt = save_checkpoint(tiny_model(seed=1, depth=2), tmp_path / "new.safetensors")
-    cache = tmp_path / ".bundle.slimvit-cache"
+    cache = tmp_path / "xdg" / "slimvit" / "artifacts"
 
     proc = run_export(ckpt, out)
     deadline = time.monotonic() + 240
@@ -141,7 +142,7 @@ def test_kill_mid_export_keeps_the_previous_bundle_and_resume_finishes_it(tmp_pa
     cached = inodes(entries)
     reused = [cached[os.stat(out / p).st_ino] for p in artifact_paths(out) if os.stat(out / p).st_ino in cached]
     assert len(reused) == 2 and set(reused) == set(done)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.slimvit-cache", "bundle", "new.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "new.safetensors", "xdg"]
 
 
 @pytest.mark.parametrize("kill_after", [0.5])

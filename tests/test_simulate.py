@@ -130,8 +130,9 @@ def test_select_cli(bundle, monkeypatch, capsys):
     tiers = json.loads((bundle / "manifest.json").read_text())["policy"]["tiers"]
     code, out, _ = run_cli(monkeypatch, capsys, "select", str(bundle), "--thermal", "critical",
                            "--battery", "90", "--json")
-    assert code == 0 and json.loads(out) == {"variant": tiers[0], "reason": json.loads(out)["reason"]}
-    assert "critical" in json.loads(out)["reason"]
+    got = json.loads(out)
+    assert code == 0 and got == {"variant": tiers[0], "tier": 0, "rule": "thermal", "reason": got["reason"]}
+    assert got["reason"] == "android thermal critical: capped at tier 0"
     code, out, _ = run_cli(monkeypatch, capsys, "select", str(bundle), "--thermal", "nominal",
                            "--battery", "10", "--charging", "--platform", "ios", "--json")
     assert code == 0 and json.loads(out)["variant"] == tiers[-1]
@@ -195,3 +196,23 @@ def test_policy_update_rewrites_policy_and_vectors(bundle, tmp_path):
     assert json.loads(data)["policy"] == manifest["policy"]
     update_policy(copy)  # no file: the bundle's own policy is kept, its p50 table re-read
     assert read_manifest(copy)["policy"] == manifest["policy"]
+
+
+def test_simulate_uses_the_bundles_measurements_without_device_and_says_which(bundle, tmp_path):
+    """With latency in the bundle, `simulate` needs no --device: it uses the measured device."""
+    import shutil
+
+    from exporter.manifest import read_manifest, write_manifest
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    m = read_manifest(copy)
+    for v in m["variants"]:
+        ms = {"w16_k100_r32": 1.5, "w64_k100_r32": 4.0}[v["id"]]
+        v["artifacts"][0]["latency"] = {"pixel": {"p50_ms": ms, "runtime": "onnxruntime", "source": "test"}}
+    m["devices"] = {"pixel": {"name": "Pixel", "kind": "phone", "source": "test"}}
+    write_manifest(copy, m)
+    trace = write(tmp_path, HEADER + "0,90,1,none,0\n60,90,1,none,0\n")
+    s = simulate_bundle(copy, trace, tmp_path / "out")
+    assert s["device"] == "pixel" and s["latency_source"] == "measured p50 of onnx fp32 on pixel"
+    assert [t["latency_ms"] for t in s["tiers"]] == [1.5, 4.0]

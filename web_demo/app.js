@@ -79,9 +79,27 @@ class Demo {
     this.choice = null;
     this.times = [];
     $('bundle-info').textContent = `${this.manifest.model.name} · bundle v${this.manifest.bundle_version} · ${this.manifest.variants.length} variants`;
-    $('tiers').textContent = this.policy.tiers.length;
-    $('tier-list').innerHTML = this.policy.tiers.map((t) => `<li data-id="${t}">${t}</li>`).join('');
-    const samples = await (await fetch('samples/samples.json')).json();
+    $('tiers').textContent = `0-${this.policy.tiers.length - 1}`;
+    // The precisions the page can run: every ONNX precision of the bundle (fp32 first).
+    const precs = [...new Set(this.manifest.variants.flatMap((v) => v.artifacts.filter((a) => a.format === 'onnx').map((a) => a.precision)))];
+    precs.sort((a, b) => (a === 'fp32' ? -1 : b === 'fp32' ? 1 : a.localeCompare(b)));
+    if (!precs.length) throw new Error('the bundle has no ONNX artifact; export it with --formats onnx');
+    this.precision = precs.includes(params.get('precision')) ? params.get('precision') : precs[0];
+    $('precision').innerHTML = precs.map((p) => `<option${p === this.precision ? ' selected' : ''}>${p}</option>`).join('');
+    $('precision').addEventListener('change', () => {
+      this.precision = $('precision').value;
+      this.sessions = new Map(); // other files: load (and verify) them again
+      log(`precision ${this.precision}`);
+      this.showTiers();
+    });
+    this.showTiers();
+    const sres = await fetch('samples/samples.json');
+    if (!sres.ok) {
+      throw new Error(`no sample images at samples/samples.json (HTTP ${sres.status}); start serve.mjs with ` +
+        '--samples DIR (a folder with samples.json and the images it lists)');
+    }
+    const samples = await sres.json();
+    if (!Array.isArray(samples) || !samples.length) throw new Error('samples/samples.json lists no images');
     this.samples = samples;
     this.sampleIndex = 0;
     this.state = new DeviceState();
@@ -90,11 +108,39 @@ class Demo {
 
   variant(id) { return this.manifest.variants.find((v) => v.id === id); }
 
-  /** The verified ONNX session of a variant (fp32 artifact), created once. */
+  /** The ONNX artifact of a variant in the chosen precision (fp32 when it has none). */
+  artifact(id) {
+    const arts = this.variant(id).artifacts.filter((a) => a.format === 'onnx');
+    return arts.find((a) => a.precision === this.precision) || arts.find((a) => a.precision === 'fp32') || arts[0];
+  }
+
+  /** Each tier with its top-1, measured p50 and size in the chosen precision. */
+  showTiers() {
+    const rows = this.policy.tiers.map((id, i) => {
+      const a = this.artifact(id);
+      const acc = a && a.accuracy ? `${(100 * a.accuracy.top1).toFixed(1)}%` : '–';
+      const p50s = a ? Object.values(a.latency || {}).map((l) => l.p50_ms) : [];
+      const p50 = p50s.length ? `${Math.min(...p50s).toFixed(3)} ms` : '–';
+      const size = a ? `${(a.bytes / 1024).toFixed(0)} KB` : '–';
+      const prec = a ? a.precision + (a.precision !== this.precision ? ' (fallback)' : '') : '–';
+      return `<tr data-id="${id}"><td>${i}</td><td>${id}</td><td>${acc}</td><td>${p50}</td><td>${size}</td><td>${prec}</td></tr>`;
+    });
+    $('tier-list').innerHTML = '<tr><th title="tier">#</th><th>variant</th><th>top-1</th><th>p50</th><th>size</th><th>prec.</th></tr>' + rows.join('');
+    const b = this.manifest.policy.basis;
+    $('tier-basis').textContent = b && b.format !== 'onnx'
+      ? `tiers: the Pareto front of ${b.format} ${b.precision} (the policy's app); this page runs onnx`
+      : '';
+    if (this.choice) this.markTier(this.choice.variant);
+  }
+
+  markTier(id) {
+    document.querySelectorAll('#tier-list tr[data-id]').forEach((tr) => tr.classList.toggle('current', tr.dataset.id === id));
+  }
+
+  /** The verified ONNX session of a variant (chosen precision), created once. */
   async session(id) {
     if (this.sessions.has(id)) return this.sessions.get(id);
-    const art = this.variant(id).artifacts.find((a) => a.format === 'onnx' && a.precision === 'fp32')
-      || this.variant(id).artifacts.find((a) => a.format === 'onnx');
+    const art = this.artifact(id);
     if (!art) throw new Error(`variant ${id} has no ONNX artifact`);
     const pending = (async () => {
       const buf = await (await fetch(BUNDLE + art.path)).arrayBuffer();
@@ -103,7 +149,7 @@ class Demo {
         throw new Error(`${art.path}: sha256 ${digest} does not match the manifest; refusing to load`);
       }
       const session = await ort.InferenceSession.create(buf, { executionProviders: ['wasm'] });
-      log(`loaded ${id} (${(art.bytes / 1024).toFixed(0)} KB, sha256 verified)`);
+      log(`loaded ${id} ${art.precision} (${(art.bytes / 1024).toFixed(0)} KB, sha256 verified)`);
       return session;
     })();
     this.sessions.set(id, pending);
@@ -142,7 +188,8 @@ class Demo {
     $('tier').textContent = c.tier;
     $('rule').textContent = c.rule;
     $('reason').textContent = c.reason;
-    document.querySelectorAll('#tier-list li').forEach((li) => li.classList.toggle('current', li.dataset.id === c.variant));
+    this.markTier(c.variant);
+    document.body.dataset.precision = this.artifact(c.variant).precision;
 
     const sample = this.samples[this.sampleIndex++ % this.samples.length];
     const img = $('sample');

@@ -9,6 +9,9 @@ export class PolicyError extends Error {
 }
 
 const isInt = (v) => Number.isInteger(v);
+// Numbers in reason texts, as every port writes them: whole numbers without a decimal point,
+// others in their shortest round-trip form (exporter/policy/engine.py fmt_num).
+export const fmtNum = (x) => String(x);
 
 export class Policy {
   /** @param {object} d the manifest's `policy` section (or a vectors file's `policy`) */
@@ -65,15 +68,20 @@ export class Policy {
     if (typeof b !== 'number' || Number.isNaN(b) || b < 0 || b > 100) {
       throw new PolicyError(`battery must be a percentage in 0..100, got ${b}`, 'battery_range');
     }
-    const caps = [['thermal', this.thermalMaxTier[level], `thermal ${s.thermal} (${s.platform}) = ${this.thermalScale[level]}`]];
-    if (s.lowPower) caps.push(['low_power', this.lowPowerMaxTier, 'low-power mode']);
+    const scale = this.thermalScale[level];
+    const caps = [['thermal', this.thermalMaxTier[level],
+      `${s.platform} thermal ${s.thermal}` + (scale !== s.thermal ? ` = ${scale}` : '')]];
+    if (s.lowPower) caps.push(['low_power', this.lowPowerMaxTier, 'low-power mode on']);
     if (s.charging) {
       caps.push(['charging', this.chargingMaxTier, 'charging']);
     } else {
-      const band = this.bands.find((bd) => b >= (bd.minPct > 0 ? bd.minPct + margin : 0));
-      caps.push(['battery', band.maxTier, `battery ${b}% >= ${band.minPct}%`]);
+      const threshold = (bd) => (bd.minPct > 0 ? bd.minPct + margin : 0);
+      const i = this.bands.findIndex((bd) => b >= threshold(bd));
+      // The reason names the threshold the battery is under (the one above its band).
+      const text = i === 0 ? `on battery (${fmtNum(b)}%)` : `battery ${fmtNum(b)}% < ${threshold(this.bands[i - 1])}%`;
+      caps.push(['battery', this.bands[i].maxTier, text]);
     }
-    let tier = this.best, rule = 'best', why = 'no cap below the best tier';
+    let tier = this.best, rule = 'best', why = 'no cap applies';
     for (const [r, cap, text] of caps) {
       if (cap < tier) { tier = cap; rule = r; why = text; } // strictly: ties keep the earlier rule
     }
@@ -82,7 +90,10 @@ export class Policy {
       const budget = this.budgetMs[dev], p50 = this.p50Ms[dev] || {};
       const start = tier;
       while (tier > 0 && (p50[this.tiers[tier]] ?? 0) > budget) tier -= 1;
-      if (tier < start) { rule = 'latency'; why = `${this.tiers[start]} p50 over budget ${budget} ms on ${dev}`; }
+      if (tier < start) {
+        rule = 'latency';
+        why = `${this.tiers[start]} p50 ${fmtNum(p50[this.tiers[start]])} ms > budget ${fmtNum(budget)} ms on ${dev}`;
+      }
     }
     return { tier, rule, why };
   }
@@ -98,18 +109,20 @@ export class Policy {
     const down = this.target(state, 0);
     const make = (tier, rule, reason, pending = null) =>
       ({ variant: this.tiers[tier], tier, rule, reason, tMs: nowMs, pendingSinceMs: pending });
-    if (!previous) return make(down.tier, down.rule, `${down.why}: tier ${down.tier}`);
+    if (!previous) {
+      return make(down.tier, down.rule, down.rule === 'best' ? `${down.why}: best tier ${down.tier}` : `${down.why}: capped at tier ${down.tier}`);
+    }
     const cur = previous.tier;
     if (down.tier < cur) return make(down.tier, down.rule, `${down.why}: down to tier ${down.tier} at once`);
     const up = this.target(state, this.upMarginPct);
     if (up.tier <= cur) {
       return down.tier === cur
         ? make(cur, down.rule, `${down.why}: stay at tier ${cur}`)
-        : make(cur, 'hysteresis', `${down.why}, but not ${this.upMarginPct}% above the threshold: stay at tier ${cur}`);
+        : make(cur, 'hysteresis', `${up.why} to step up: stay at tier ${cur}`);
     }
     const since = previous.pendingSinceMs ?? nowMs;
     const waited = nowMs - since;
-    if (waited >= this.dwellS * 1000) return make(up.tier, up.rule, `${up.why}: up to tier ${up.tier} after ${waited / 1000} s`);
-    return make(cur, 'dwell', `tier ${up.tier} allowed for ${waited / 1000} s of ${this.dwellS} s: stay at tier ${cur}`, since);
+    if (waited >= this.dwellS * 1000) return make(up.tier, up.rule, `${up.why}: up to tier ${up.tier} after ${fmtNum(waited / 1000)} s`);
+    return make(cur, 'dwell', `tier ${up.tier} allowed for ${fmtNum(waited / 1000)} s of ${this.dwellS} s: stay at tier ${cur}`, since);
   }
 }

@@ -1,13 +1,39 @@
-// A static server for the demo: the page, a bundle under /bundle/, onnxruntime-web under /ort/.
-// usage: node serve.mjs [--bundle DIR] [--port 8080]   (localhost only)
+// A static server for the demo: the page, a bundle under /bundle/, sample images under
+// /samples/, onnxruntime-web under /ort/. Run `node serve.mjs --help` for the usage.
 import { createServer } from 'node:http';
-import { createReadStream, statSync } from 'node:fs';
+import { createReadStream, existsSync, statSync } from 'node:fs';
 import { extname, join, normalize, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
   '.json': 'application/json', '.wasm': 'application/wasm', '.onnx': 'application/octet-stream', '.png': 'image/png' };
+
+export const USAGE = `usage: node serve.mjs --bundle DIR [--samples DIR] [--port 8080]
+
+Serves the slimvit web demo on http://127.0.0.1:PORT/ (localhost only).
+  --bundle DIR   a slimvit bundle with ONNX artifacts (its manifest.json), e.g. ../demo_out/bundle
+                 after \`slimvit demo\` (default: ./bundle)
+  --samples DIR  sample images and their samples.json ([{"file": "a.png", "label": "3"}, ...])
+                 (default: ./samples, digits that match the demo model)
+  --port N       port (default 8080; 0 picks a free one)`;
+
+/** Problems that would leave the page blank, each as one line saying what to do. */
+export function problems({ bundle, samples }) {
+  const out = [];
+  if (!existsSync(join(bundle, 'manifest.json'))) {
+    out.push(`no bundle at ${bundle} (no manifest.json): run \`slimvit demo\` (or \`slimvit export ... --formats onnx\`) ` +
+      'and pass --bundle DIR, e.g. --bundle ../demo_out/bundle');
+  }
+  if (!existsSync(join(samples, 'samples.json'))) {
+    out.push(`no sample images at ${samples} (no samples.json): pass --samples DIR with images and a samples.json ` +
+      'listing [{"file": "a.png", "label": "3"}]');
+  }
+  if (!existsSync(join(here, 'node_modules/onnxruntime-web/dist'))) {
+    out.push('onnxruntime-web is not installed: run `npm ci` in web_demo/ first');
+  }
+  return out;
+}
 
 export function serve({ bundle = join(here, 'bundle'), samples = join(here, 'samples'), port = 8080 } = {}) {
   const roots = [['/bundle/', resolve(bundle)], ['/samples/', resolve(samples)],
@@ -29,8 +55,25 @@ export function serve({ bundle = join(here, 'bundle'), samples = join(here, 'sam
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const arg = (name, dflt) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : dflt; };
-  const server = await serve({ bundle: arg('--bundle', join(here, 'bundle')), samples: arg('--samples', join(here, 'samples')),
-    port: Number(arg('--port', 8080)) });
-  console.log(`slimvit web demo on http://127.0.0.1:${server.address().port}/`);
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) { console.log(USAGE); process.exit(0); }
+  const known = ['--bundle', '--samples', '--port'];
+  const bad = argv.filter((a, i) => a.startsWith('-') && !known.includes(a) && !known.includes(argv[i - 1]));
+  if (bad.length) { console.error(`error: unknown option ${bad[0]}\n\n${USAGE}`); process.exit(2); }
+  const arg = (name, dflt) => {
+    const i = argv.indexOf(name);
+    if (i < 0) return dflt;
+    if (i + 1 >= argv.length || argv[i + 1].startsWith('--')) { console.error(`error: ${name} needs a value\n\n${USAGE}`); process.exit(2); }
+    return argv[i + 1];
+  };
+  const opts = { bundle: resolve(arg('--bundle', join(here, 'bundle'))), samples: resolve(arg('--samples', join(here, 'samples'))),
+    port: Number(arg('--port', 8080)) };
+  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) {
+    console.error(`error: --port must be an integer in 0..65535\n\n${USAGE}`); process.exit(2);
+  }
+  const found = problems(opts);
+  if (found.length) { for (const p of found) console.error(`error: ${p}`); console.error(`\n${USAGE}`); process.exit(2); }
+  const server = await serve(opts);
+  server.on('error', (e) => { console.error(`error: cannot listen on port ${opts.port}: ${e.message}`); process.exit(2); });
+  console.log(`slimvit web demo on http://127.0.0.1:${server.address().port}/\n  bundle:  ${opts.bundle}\n  samples: ${opts.samples}`);
 }

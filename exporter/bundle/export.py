@@ -14,6 +14,8 @@ import torch
 from calibration.data import ImageSet
 from exporter.checkpoints import LoadedModel
 from exporter.convert.cache import ArtifactCache, default_cache_dir, publish_bundle, stage_bundle
+from exporter.convert.cache_admin import max_bytes as cache_max_bytes
+from exporter.convert.cache_admin import prune as prune_cache
 from exporter.convert.formats import DIRECTORY_SUFFIXES, FORMATS, ExportFormat, get_format
 from exporter.convert.formats.onnx import INPUT_NAME, OUTPUT_NAME
 from exporter.convert.quantize import QuantizeOptions, for_variant
@@ -183,6 +185,7 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
     if quantize is not None:
         quantize.check([f.name for f in fmts])
     variants, excluded, failures = [], [], []
+    cache_limit = cache_max_bytes()  # a bad $SLIMVIT_CACHE_MAX_MB fails before any work
     cache = ArtifactCache(cache_dir or default_cache_dir(final), resume)
     out = stage_bundle(final)  # everything below writes here; `final` changes only at the end
     for s in subnets:
@@ -243,6 +246,7 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
     attach_policy(manifest, out, policy)
     write_manifest(out, manifest)
     publish_bundle(out, final)
+    prune_cache(cache.root, cache_limit)  # keep the shared cache under its size limit
     if failures:
         raise IncompleteBundleError(failures, manifest)
     return manifest

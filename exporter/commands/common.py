@@ -15,10 +15,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from exporter.api import load
 from exporter.checkpoints import CHECKPOINT_FORMATS, LoadedModel
+from exporter.commands import help_format
 from exporter.nn.config import VariantGrid, parse_floats, parse_ints
 
+help_format.install()
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Turn one slimmable ViT into the validated, switchable bundle a phone app ships.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("slimvit")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            v = "unknown (not installed)"
+        print(f"slimvit {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_version, is_eager=True)] = False) -> None:
+    """Turn one slimmable ViT into the validated, switchable bundle a phone app ships."""
 console = Console(stderr=True)
 # Tables stay readable when piped (rich would squeeze them into 80 columns).
 out_console = Console(width=None if sys.stdout.isatty() else 160)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from exporter.api import describe_variants, export_checkpoint_bundle, format_table
 from exporter.bundle.export import IncompleteBundleError
+from exporter.commands.cache import print_cache_line
 from exporter.commands.common import (
     CheckpointArg,
     EmaOpt,
@@ -30,6 +31,7 @@ from exporter.commands.common import (
 from exporter.convert.formats import FORMATS
 from exporter.convert.quantize.registry import precision_names
 from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
+from exporter.nn.grid_notes import width_notes
 
 
 @app.command()
@@ -39,13 +41,30 @@ def variants(checkpoint: CheckpointArg, widths: WidthsOpt = "0.25,0.5,1.0",
              slicing: SlicingOpt = None, ema: EmaOpt = False) -> None:
     """Print the variant grid of a checkpoint with dims, params and MACs."""
     loaded = load_checkpoint(checkpoint, checkpoint_format, num_heads, slicing, ema)
-    rows = describe_variants(loaded.model, parse_grid(widths, keep_rates, resolutions))
-    table = Table(title=f"{len(rows)} variants of {checkpoint.name}")
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col == "id" else "right")
+    grid = parse_grid(widths, keep_rates, resolutions)
+    print_grid_notes(loaded.model.cfg, grid)
+    rows = describe_variants(loaded.model, grid)
+    table = Table(title=f"{len(rows)} variants of {checkpoint.name}; tokens: CLS + patches entering the "
+                        f"first block, then after each prune (keep rates compound)")
+    cols = {"id": "id", "width": "width", "embed_dim": "embed", "num_heads": "heads", "head_dim": "head dim",
+            "mlp_hidden": "mlp", "keep_rate": "keep", "resolution": "res", "tokens": "tokens",
+            "params": "params", "macs": "MMACs"}
+    for key, col in cols.items():
+        table.add_column(col, justify="left" if key in ("id", "tokens") else "right")
     for r in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()))
+        cells = {**r, "width": f"{r['width']:.3g}", "keep_rate": f"{r['keep_rate']:g}",
+                 "params": f"{r['params']:,}", "macs": f"{r['macs'] / 1e6:.2f}"}
+        table.add_row(*(str(cells[k]) for k in cols))
     out_console.print(table)
+
+
+def print_grid_notes(cfg: Any, grid: Any) -> None:
+    """Say how requested widths snapped, and warn when two collapse into one variant."""
+    info, warnings = width_notes(cfg, grid)
+    for line in info:
+        console.print(line, highlight=False, soft_wrap=True)
+    for line in warnings:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -58,13 +77,15 @@ def export(checkpoint: CheckpointArg,
            checkpoint_format: FormatOpt = "auto", num_heads: HeadsOpt = None,
            slicing: SlicingOpt = None, ema: EmaOpt = False,
            eval_data: Annotated[str | None, typer.Option(
-               "--eval-data", help="'builtin' to measure held-out accuracy on the digits set.")] = None,
+               "--eval-data", help="Held-out data for each artifact's top-1: 'builtin' (digits), a folder "
+                                   "with one sub-directory per class, or an .npz with x (normalized) and y.")] = None,
            precisions: Annotated[str, typer.Option(
                "--precisions", help=f"{','.join(precision_names())} (per format: slimvit formats).")] = "fp32",
            calibration: Annotated[str | None, typer.Option(
                "--calibration", help="builtin, an image directory or an .npz with normalized x.")] = None,
            calibration_samples: Annotated[int, typer.Option(
-               "--calibration-samples", help="Calibration images per variant.")] = 128,
+               "--calibration-samples", help="Images drawn (with a seed) from --calibration to set int8 "
+                                             "activation ranges.")] = 128,
            calibration_method: Annotated[str, typer.Option(
                "--calibration-method", help="minmax, entropy or percentile.")] = "minmax",
            max_drop: Annotated[float, typer.Option(
@@ -79,11 +100,14 @@ def export(checkpoint: CheckpointArg,
            resume: Annotated[bool, typer.Option(
                "--resume", help="Reuse artifacts a killed or earlier export finished (artifact cache).")] = False,
            cache_dir: Annotated[Path | None, typer.Option(
-               "--cache-dir", help="Artifact cache (default: .OUT.slimvit-cache beside --out).")] = None,
+               "--cache-dir", help="Artifact cache (default: $SLIMVIT_CACHE_DIR, else "
+                            "$XDG_CACHE_HOME/slimvit/artifacts or ~/.cache/slimvit/artifacts).")] = None,
            ) -> None:
     """Export every variant of the grid as validated artifacts plus manifest.json."""
     loaded = load_checkpoint(checkpoint, checkpoint_format, num_heads, slicing, ema)
     grid = parse_grid(widths, keep_rates, resolutions)
+    if getattr(loaded.model, "structure", None) is None:  # a searched structure has no width grid
+        print_grid_notes(loaded.model.cfg, grid)
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
     n = len(loaded.model.subnets(grid)) * len(fmt_list)
     try:
@@ -102,6 +126,8 @@ def export(checkpoint: CheckpointArg,
         raise
     out_console.print(variant_table(manifest, f"bundle {out}"))
     print_precisions(manifest)
+    print_policy_line(manifest)
+    print_cache_line(cache_dir)
 
 
 @app.command()
@@ -140,6 +166,7 @@ def variant_table(manifest: dict[str, Any], title: str) -> Table:
     for col in ("variant", "embed", "heads", "keep", "res", "params", "MMACs", "artifact", "KB",
                 "max diff", "top-1"):
         table.add_column(col, justify="left" if col in ("variant", "artifact") else "right")
+    table.caption = _empty_column_note(manifest)
     for v in manifest["variants"]:
         for i, a in enumerate(v["artifacts"] or [None]):
             head = [v["id"], str(v["embed_dim"]), str(v["num_heads"]), f"{v['keep_rate']:g}",
@@ -154,6 +181,30 @@ def variant_table(manifest: dict[str, Any], title: str) -> Table:
                           _max_diff(a["validation"]),
                           "-" if acc is None else f"{100 * acc:.1f}%")
     return table
+
+
+def print_policy_line(manifest: dict[str, Any]) -> None:
+    """Which variants the policy switches between, and what they were chosen by."""
+    policy = manifest.get("policy")
+    if not policy:
+        return
+    b = policy.get("basis") or {}
+    cost = f"p50 on {b['device']}" if b.get("device") else "MACs until `slimvit profile` measures latency"
+    console.print(f"policy: {len(policy['tiers'])} tiers, the front of {b.get('format')} {b.get('precision')} "
+                  f"(cost = {cost}): {', '.join(policy['tiers'])}", highlight=False, soft_wrap=True)
+
+
+def _empty_column_note(manifest: dict[str, Any]) -> str | None:
+    """Why a column shows "-": no --eval-data, or a format this host cannot run."""
+    arts = [a for v in manifest["variants"] for a in v["artifacts"]]
+    if not arts or all("accuracy" in a for a in arts):
+        return None
+    if not any("accuracy" in a for a in arts):
+        return ("top-1 \"-\": no evaluation data; pass --eval-data builtin, a folder with one "
+                "sub-directory per class, or an .npz with x and y")
+    missing = sorted({a["format"] for a in arts if "accuracy" not in a})
+    return (f"top-1 \"-\": {', '.join(missing)} artifacts cannot run on this host (Core ML runs only on "
+            f"macOS; their top-1 is measured there)")
 
 
 def _max_diff(validation: dict[str, Any]) -> str:

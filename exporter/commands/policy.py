@@ -24,14 +24,15 @@ def select_variant(
         low_power: Annotated[bool, typer.Option("--low-power", help="OS low-power mode is on.")] = False,
         platform: Annotated[str, typer.Option("--platform", help="android, ios or web.")] = "android",
         device: Annotated[str | None, typer.Option("--device", help="Device id for latency budgets.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help='Print {"variant": ID, "reason": TEXT}.')] = False,
+        as_json: Annotated[bool, typer.Option(
+            "--json", help='Print {"variant", "tier", "rule", "reason"} as JSON.')] = False,
         ) -> None:
     """The variant the bundle's policy picks for a device state (docs/policy.md)."""
     import json
 
     c = select(bundle, thermal, battery, charging, low_power, platform, device)
     if as_json:
-        print(json.dumps({"variant": c.variant, "reason": c.reason}))
+        print(json.dumps({"variant": c.variant, "tier": c.tier, "rule": c.rule, "reason": c.reason}))
     else:
         print(f"{c.variant}  (tier {c.tier}, rule {c.rule}: {c.reason})")
 
@@ -43,7 +44,8 @@ def simulate(
         out: Annotated[Path, typer.Option("--out", help="Directory for summary.json and timeline.png.")],
         platform: Annotated[str, typer.Option("--platform", help="Platform of the trace's thermal names.")
                             ] = "android",
-        device: Annotated[str | None, typer.Option("--device", help="Device id for latency.")] = None,
+        device: Annotated[str | None, typer.Option(
+            "--device", help="Device id for latency (default: the device the bundle has measurements of).")] = None,
         fps: Annotated[float, typer.Option("--fps", help="Inferences per second (energy proxy).")] = 10.0,
         ) -> None:
     """Replay a device trace through the bundle's policy; write summary.json and a timeline plot."""
@@ -80,10 +82,25 @@ def policy_update(
         bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
         policy: Annotated[Path | None, typer.Option(
             "--policy", help="Policy file (JSON/YAML) merged over the default.")] = None,
+        fmt: Annotated[str | None, typer.Option(
+            "--format", help="Format the app runs; the tiers are its Pareto front (default: tflite, "
+                             "else coreml, else onnx).")] = None,
+        precision: Annotated[str | None, typer.Option(
+            "--precision", help="Precision the app runs (default: fp32).")] = None,
         ) -> None:
     """Recompute a bundle's policy and conformance vectors (e.g. after `slimvit profile`)."""
-    p = update_policy(bundle, policy)
-    console.print(f"{bundle}: policy with {len(p['tiers'])} tiers: {', '.join(p['tiers'])}")
+    p, change = update_policy(bundle, policy, fmt, precision)
+    print_tier_change(change)
+    basis = p.get("basis") or {}
+    on = f"p50 on {basis['device']}" if basis.get("device") else "MACs"
+    console.print(f"{bundle}: policy with {len(p['tiers'])} tiers ({basis.get('format')} "
+                  f"{basis.get('precision')}, cost = {on}): {', '.join(p['tiers'])}", highlight=False)
+
+
+def print_tier_change(change: list[str]) -> None:
+    """How `profile`, `ingest` or `policy update` changed the policy's tiers, and why."""
+    for line in change:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @policy_app.command("check")

@@ -21,7 +21,7 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the checkpoint, logs and state.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="'digits' or an ImageFolder directory.")] = None,
     recipe: Annotated[str | None, typer.Option(
-        "--recipe", help=f"{', '.join(RECIPES)}, or sit (SiT token slimming).")] = None,
+        "--recipe", help=f"{', '.join(RECIPES)}, or sit (SiT token slimming; needs --teacher).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML or TOML file; flags override it.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="A run folder (or its state.pt) to continue.")] = None,

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exporter.convert.cache_admin import touch
 from exporter.convert.formats import DIRECTORY_SUFFIXES
 from exporter.fileio import atomic_write_json, sha256_file, sha256_tree
 
@@ -58,10 +59,15 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def default_cache_dir(bundle: Path) -> Path:
-    """``$SLIMVIT_CACHE_DIR``, else ``.NAME.slimvit-cache`` beside the bundle."""
+def default_cache_dir(bundle: Path | None = None) -> Path:
+    """``$SLIMVIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/slimvit/artifacts``, else
+    ``~/.cache/slimvit/artifacts`` (one cache for every bundle; keys never collide)."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else bundle.parent / f".{bundle.name}.slimvit-cache"
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "slimvit" / "artifacts"
 
 
 class ArtifactCache:
@@ -95,6 +101,7 @@ class ArtifactCache:
         if not src.exists() or _digest(src) != entry["manifest"]["sha256"]:
             return None  # damaged cache entry: export again
         _place(src, target)
+        touch(d)
         self.hits.append(key)
         return entry["manifest"]
 
@@ -146,6 +153,7 @@ class ArtifactCache:
             return None
         for src, dst, _ in files:
             _place(src, dst)
+        touch(d)
         self.hits.append(key)
         return arts, excluded
 

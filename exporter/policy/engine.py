@@ -191,18 +191,23 @@ def target(policy: Policy, state: DeviceState, margin_pct: int = 0) -> tuple[int
     ``margin_pct`` raises every battery threshold above 0 (the step-up thresholds).
     """
     level = check_state(policy, state)
+    scale = policy.thermal_scale[level]
     caps = [("thermal", policy.thermal_max_tier[level],
-             f"thermal {state.thermal} ({state.platform}) = {policy.thermal_scale[level]}")]
+             f"{state.platform} thermal {state.thermal}" + (f" = {scale}" if scale != state.thermal else ""))]
     if state.low_power:
-        caps.append(("low_power", policy.low_power_max_tier, "low-power mode"))
+        caps.append(("low_power", policy.low_power_max_tier, "low-power mode on"))
     if state.charging:
         caps.append(("charging", policy.charging_max_tier, "charging"))
     else:
-        band = next(b for b in policy.bands
-                    if state.battery >= (b.min_pct + margin_pct if b.min_pct > 0 else 0))
-        edge = f" (+{margin_pct}% to step up)" if margin_pct and band.min_pct > 0 else ""
-        caps.append(("battery", band.max_tier, f"battery {state.battery:g}% >= {band.min_pct}%{edge}"))
-    tier, rule, why = policy.best, "best", "no cap below the best tier"
+        def threshold(b: Band) -> int:
+            return b.min_pct + margin_pct if b.min_pct > 0 else 0
+
+        i = next(i for i, b in enumerate(policy.bands) if state.battery >= threshold(b))
+        # The band's reason names the threshold the battery is under (the one above its band).
+        text = (f"on battery ({fmt_num(state.battery)}%)" if i == 0 else
+                f"battery {fmt_num(state.battery)}% < {threshold(policy.bands[i - 1])}%")
+        caps.append(("battery", policy.bands[i].max_tier, text))
+    tier, rule, why = policy.best, "best", "no cap applies"
     for r, cap, text in caps:
         if cap < tier:  # strictly lower: on a tie the earlier rule keeps the name
             tier, rule, why = cap, r, text
@@ -214,9 +219,15 @@ def target(policy: Policy, state: DeviceState, margin_pct: int = 0) -> tuple[int
             tier -= 1
         if tier < start:
             rule = "latency"
-            why = (f"{policy.tiers[start]} p50 {p50[policy.tiers[start]]:g} ms > budget {budget:g} ms "
-                   f"on {state.device}")
+            why = (f"{policy.tiers[start]} p50 {fmt_num(p50[policy.tiers[start]])} ms > budget "
+                   f"{fmt_num(budget)} ms on {state.device}")
     return tier, rule, why
+
+
+def fmt_num(x: float) -> str:
+    """A number in reason texts, written the same way by every port: whole numbers without a
+    decimal point, others in their shortest round-trip form."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
 
 
 def decide(policy: Policy, state: DeviceState, previous: Choice | None, now_ms: int) -> Choice:
@@ -233,7 +244,7 @@ def decide(policy: Policy, state: DeviceState, previous: Choice | None, now_ms: 
         return Choice(policy.tiers[tier], tier, rule, reason, now_ms, pending)
 
     if previous is None:
-        return make(down, rule, f"{why}: tier {down}")
+        return make(down, rule, f"{why}: best tier {down}" if rule == "best" else f"{why}: capped at tier {down}")
     cur = previous.tier
     if down < cur:
         return make(down, rule, f"{why}: down to tier {down} at once")
@@ -241,13 +252,13 @@ def decide(policy: Policy, state: DeviceState, previous: Choice | None, now_ms: 
     if up <= cur:
         if down == cur:
             return make(cur, rule, f"{why}: stay at tier {cur}")
-        return make(cur, "hysteresis", f"{why}, but not {policy.up_margin_pct}% above the "
-                                       f"threshold: stay at tier {cur}")
+        # Only the battery thresholds move by the margin, so up_why names the step-up threshold.
+        return make(cur, "hysteresis", f"{up_why} to step up: stay at tier {cur}")
     since = previous.pending_since_ms if previous.pending_since_ms is not None else now_ms
     waited = now_ms - since
     if waited >= policy.dwell_s * 1000:
-        return make(up, up_rule, f"{up_why}: up to tier {up} after {waited / 1000:g} s")
-    return make(cur, "dwell", f"tier {up} allowed for {waited / 1000:g} s of {policy.dwell_s} s: "
+        return make(up, up_rule, f"{up_why}: up to tier {up} after {fmt_num(waited / 1000)} s")
+    return make(cur, "dwell", f"tier {up} allowed for {fmt_num(waited / 1000)} s of {policy.dwell_s} s: "
                               f"stay at tier {cur}", since)
 
 

@@ -17,6 +17,7 @@ from exporter.fileio import atomic_path, atomic_write_json
 from exporter.manifest import read_manifest
 from exporter.policy.engine import Choice, DeviceState, Policy, PolicyError, decide, t_ms
 from exporter.policy.spec import policy_of, variant_accuracy, variant_p50
+from exporter.policy.tiers import TierBasis, basis_p50, default_basis
 
 TRACE_COLUMNS = ("t_s", "battery", "charging", "thermal", "low_power")
 # Latency estimate without a measurement: DeiT-Ti (1.25 GMACs) ran in about 11 ms on an
@@ -91,23 +92,50 @@ def replay(policy: Policy, rows: Sequence[TraceRow], platform: str = "android",
 
 def tier_costs(manifest: Mapping[str, Any], policy: Policy, device: str | None
                ) -> tuple[list[dict[str, Any]], str]:
-    """Per tier: macs, accuracy (or None), latency_ms; and where the latencies come from."""
+    """Per tier: macs, accuracy (or None), latency_ms; and where the latencies come from.
+
+    Latency is the measured p50 on ``device`` of the artifact the app runs (the policy's basis:
+    format and precision), falling back to the fastest FP32 artifact, then a MACs estimate.
+    """
     by_id = {v["id"]: v for v in manifest["variants"]}
+    basis = policy_basis(manifest, policy)
+    measured_p50 = basis_p50(manifest, basis, policy.tiers).get(device, {}) if device else {}
     costs, measured = [], 0
     for t in policy.tiers:
         v = by_id[t]
-        p50 = variant_p50(v).get(device) if device else None
+        p50 = measured_p50.get(t, variant_p50(v).get(device) if device else None)
         measured += p50 is not None
         costs.append({"variant": t, "macs": v["macs"], "accuracy": variant_accuracy(v),
                       "latency_ms": p50 if p50 is not None else v["macs"] / 1e9 * MS_PER_GMAC})
     estimate = f"estimated from MACs at {MS_PER_GMAC:.1f} ms/GMAC (DeiT-Ti on iPhone 12, Core ML FP32)"
+    what = f"{basis.format} {basis.precision} " if measured_p50 else ""
     if measured == len(costs):
-        source = f"measured p50 on {device}"
+        source = f"measured p50 of {what}on {device}"
     elif measured:
-        source = f"measured p50 on {device} for {measured} of {len(costs)} tiers, others {estimate}"
+        source = f"measured p50 of {what}on {device} for {measured} of {len(costs)} tiers, others {estimate}"
     else:
         source = estimate
     return costs, source
+
+
+def policy_basis(manifest: Mapping[str, Any], policy: Policy) -> TierBasis:
+    """The format and precision the policy's tiers were chosen for (the manifest's basis)."""
+    b = TierBasis.from_dict(manifest.get("policy", {}).get("basis"))
+    return b or default_basis(manifest)
+
+
+def measured_device_for(manifest: Mapping[str, Any], policy: Policy) -> str | None:
+    """The device whose measurements ``simulate`` uses when none is named: the policy's basis
+    device, else the device that measured the most tiers."""
+    basis = policy_basis(manifest, policy)
+    if basis.device:
+        return basis.device
+    by_id = {v["id"]: v for v in manifest["variants"]}
+    counts: dict[str, int] = {}
+    for t in policy.tiers:
+        for dev in variant_p50(by_id[t]):
+            counts[dev] = counts.get(dev, 0) + 1
+    return min(counts, key=lambda d: (-counts[d], d), default=None)
 
 
 def _figures(tiers: Sequence[int], dts: Sequence[float], costs: Sequence[Mapping[str, Any]],
@@ -193,6 +221,9 @@ def simulate_bundle(bundle: str | Path, trace: str | Path, out: str | Path, plat
                     device: str | None = None, fps: float = 10.0) -> dict[str, Any]:
     """Replay ``trace`` through the bundle's policy; writes ``out/summary.json`` and ``out/timeline.png``.
 
+    ``device`` None: the device the bundle has measurements of (``measured_device_for``), so
+    latency is measured whenever the bundle has numbers; the summary names it.
+
     Raises:
         PolicyError: no policy in the manifest, a bad trace (missing columns, unsorted times,
             unknown thermal names, battery outside 0-100), or fps <= 0.
@@ -202,6 +233,8 @@ def simulate_bundle(bundle: str | Path, trace: str | Path, out: str | Path, plat
     manifest = read_manifest(bundle)
     policy = policy_of(manifest, str(bundle))
     rows = read_trace(trace)
+    if device is None:  # the bundle's own measurements, when it has any
+        device = measured_device_for(manifest, policy)
     choices = replay(policy, rows, platform, device)
     summary = {"bundle": str(bundle), "trace": Path(trace).name, "platform": platform,
                **summarize(manifest, policy, rows, choices, device, fps)}

@@ -12,19 +12,20 @@ from exporter.errors import did_you_mean
 from exporter.manifest import read_manifest
 from exporter.manifest import schema as manifest_schema
 from exporter.policy.engine import PLATFORM_THERMAL, THERMAL_SCALE, Choice, DeviceState, Policy, PolicyError, decide
-from exporter.policy.pareto import pareto_front
+from exporter.policy.tiers import (
+    TierBasis,
+    basis_p50,
+    default_basis,
+    explain_change,
+    front_tiers,
+    tier_accuracy,
+    variant_accuracy,  # noqa: F401  (re-exported: simulate and older callers import it from here)
+)
 
 # The default policy in numbers (docs/policy.md, "Default policy").
 EFFICIENT_PP, SAVER_PP = 1.0, 5.0  # accuracy within this many p.p. of the best tier
 BAND_HIGH, BAND_LOW = 50, 20
 UP_MARGIN_PCT, DWELL_S = 5, 60
-
-
-def variant_accuracy(variant: Mapping[str, Any]) -> float | None:
-    """Top-1 of the variant's best FP32 artifact (any precision when no FP32 one has it)."""
-    arts = [a for a in variant["artifacts"] if "accuracy" in a]
-    fp32 = [a for a in arts if a["precision"] == "fp32"] or arts
-    return max((a["accuracy"]["top1"] for a in fp32), default=None)
 
 
 def variant_p50(variant: Mapping[str, Any]) -> dict[str, float]:
@@ -42,31 +43,25 @@ def variant_p50(variant: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def manifest_tiers(manifest: Mapping[str, Any]) -> list[str]:
-    """The ordered Pareto variants, cheapest first.
+def manifest_tiers(manifest: Mapping[str, Any], basis: TierBasis | None = None) -> list[str]:
+    """The ordered tiers, cheapest first: the Pareto front of the artifacts the app runs
+    (``basis``; default: ``default_basis``), by measured p50 where the bundle has it, else MACs
+    (``exporter/policy_tiers.py``)."""
+    return front_tiers(manifest, basis or default_basis(manifest))
 
-    The manifest's ``pareto.macs.fp32`` front when present; otherwise the front of FP32 top-1
-    against MACs; with no accuracy at all, one variant per distinct MAC count (cheapest first,
-    the largest-width, highest-resolution one on ties, since more MACs usually buy accuracy).
+
+def default_policy(manifest: Mapping[str, Any], tiers: list[str] | None = None,
+                   basis: TierBasis | None = None) -> dict[str, Any]:
+    """The policy slimvit writes when the user gives none (see docs/policy.md).
+
+    ``tiers`` given: kept as they are (``basis.tiers`` = "user"); otherwise the front of ``basis``.
     """
-    front = manifest.get("pareto", {}).get("macs", {}).get("fp32")
-    if front:
-        return list(front)
-    points = [(v["id"], float(v["macs"]), variant_accuracy(v)) for v in manifest["variants"]]
-    if all(acc is not None for _, _, acc in points):
-        return pareto_front(points)  # type: ignore[arg-type]
-    by_macs: dict[int, Mapping[str, Any]] = {}
-    for v in sorted(manifest["variants"], key=lambda v: (v["macs"], -v["width"], -v["resolution"])):
-        by_macs.setdefault(v["macs"], v)
-    return [v["id"] for v in by_macs.values()]
-
-
-def default_policy(manifest: Mapping[str, Any], tiers: list[str] | None = None) -> dict[str, Any]:
-    """The policy slimvit writes when the user gives none (see docs/policy.md)."""
-    tiers = list(tiers) if tiers is not None else manifest_tiers(manifest)
-    by_id = {v["id"]: v for v in manifest["variants"]}
+    basis = basis or default_basis(manifest)
+    if tiers is not None:
+        basis = TierBasis(basis.format, basis.precision, basis.device, "user")
+    tiers = list(tiers) if tiers is not None else front_tiers(manifest, basis)
     best = len(tiers) - 1
-    acc = [variant_accuracy(by_id[t]) for t in tiers]
+    acc = tier_accuracy(manifest, basis, tiers)
 
     def within(pp: float, fallback: int) -> int:
         if any(a is None for a in acc):
@@ -76,12 +71,9 @@ def default_policy(manifest: Mapping[str, Any], tiers: list[str] | None = None) 
     efficient = within(EFFICIENT_PP, max(0, best - 1))
     # Serious heat, low-power mode and a low battery always step below the best tier.
     saver = min(within(SAVER_PP, best // 2), efficient, max(0, best - 1))
-    p50: dict[str, dict[str, float]] = {}
-    for t in tiers:
-        for dev, ms in variant_p50(by_id[t]).items():
-            p50.setdefault(dev, {})[t] = ms
+    p50 = basis_p50(manifest, basis, tiers)
     policy = {
-        "version": 1, "tiers": tiers,
+        "version": 1, "tiers": tiers, "basis": basis.to_dict(),
         "thermal": {"scale": list(THERMAL_SCALE), "max_tier": [best, efficient, saver, 0],
                     "platforms": {k: dict(v) for k, v in PLATFORM_THERMAL.items()}},
         "battery": {"bands": [{"min_pct": BAND_HIGH, "max_tier": efficient},
@@ -190,7 +182,11 @@ def bundle_policy(manifest: Mapping[str, Any], user: str | Path | Mapping[str, A
             if t not in ids:
                 raise PolicyError(f'policy tier "{t}" is not a variant of this bundle'
                                   f"{did_you_mean(str(t), ids)}; variants: {', '.join(ids)}")
-        policy = merge(default_policy(manifest, tiers if isinstance(tiers, list) else None), doc)
+        b = doc.get("basis") if isinstance(doc.get("basis"), dict) else {}
+        basis = default_basis(manifest, b.get("format"), b.get("precision"))
+        policy = merge(default_policy(manifest, tiers if isinstance(tiers, list) else None, basis), doc)
+        policy["basis"] = {**policy["basis"], "device": basis.device,
+                           "tiers": "user" if isinstance(tiers, list) else "front"}
     check_policy(policy, manifest)
     return policy
 
@@ -207,13 +203,38 @@ def user_policy(user: str | Path | Mapping[str, Any] | None) -> dict[str, Any] |
     return doc
 
 
-def refresh_latency(policy: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """``policy`` with ``latency.p50_ms`` re-read from the manifest's measurements; budgets kept."""
-    by_id = {v["id"]: v for v in manifest["variants"]}
-    p50: dict[str, dict[str, float]] = {}
-    for t in policy["tiers"]:
-        for dev, ms in variant_p50(by_id[t]).items() if t in by_id else ():
-            p50.setdefault(dev, {})[t] = ms
+def refresh_policy(policy: Mapping[str, Any], manifest: Mapping[str, Any]
+                   ) -> tuple[dict[str, Any], list[str]]:
+    """``policy`` brought up to date with the manifest's numbers, and how its tiers changed.
+
+    Front tiers are recomputed on the policy's basis (format, precision; the measured device is
+    chosen again). When they change, the caps are the default ones for the new tiers (tier
+    indices of the old caps mean other variants now); thermal names, hysteresis and budgets are
+    kept. User tiers are kept; only their p50 table is re-read.
+    """
+    old = TierBasis.from_dict(policy.get("basis"))
+    if old is not None and old.tiers == "user":
+        basis = default_basis(manifest, old.format, old.precision, "user")
+        return {**refresh_latency(policy, manifest, basis), "basis": basis.to_dict()}, []
+    basis = default_basis(manifest, *((old.format, old.precision) if old else (None, None)))
+    tiers = front_tiers(manifest, basis)
+    if tiers == list(policy["tiers"]):
+        return {**refresh_latency(policy, manifest, basis), "basis": basis.to_dict()}, []
+    new = default_policy(manifest, None, basis)
+    new["thermal"]["platforms"] = policy["thermal"]["platforms"]
+    new["hysteresis"] = dict(policy["hysteresis"])
+    budgets = dict(policy.get("latency", {}).get("budget_ms", {}))
+    if budgets:
+        new.setdefault("latency", {"budget_ms": {}, "p50_ms": {}})["budget_ms"] = budgets
+    return new, explain_change(policy["tiers"], tiers, manifest, basis)
+
+
+def refresh_latency(policy: Mapping[str, Any], manifest: Mapping[str, Any],
+                    basis: TierBasis | None = None) -> dict[str, Any]:
+    """``policy`` with ``latency.p50_ms`` re-read from the manifest's measurements (of the
+    basis artifacts; default: the policy's basis); budgets kept."""
+    basis = basis or TierBasis.from_dict(policy.get("basis")) or default_basis(manifest)
+    p50 = basis_p50(manifest, basis, [t for t in policy["tiers"]])
     out = {k: v for k, v in policy.items() if k != "latency"}
     budgets = dict(policy.get("latency", {}).get("budget_ms", {}))
     if p50 or budgets:
@@ -233,3 +254,16 @@ def select(bundle: str | Path, thermal: str, battery: float, charging: bool = Fa
     """The variant a device in this state runs (a first decision, with no history)."""
     policy = policy_of(read_manifest(bundle), str(bundle))
     return decide(policy, DeviceState(platform, thermal, battery, charging, low_power, device), None, 0)
+
+
+def check_basis_choice(manifest: Mapping[str, Any], fmt: str | None, precision: str | None) -> None:
+    have = sorted({(a.get("format"), a.get("precision")) for v in manifest["variants"]
+                   for a in v["artifacts"]}, key=str)
+    if fmt is not None and fmt not in {f for f, _ in have}:
+        raise PolicyError(f"--format {fmt}: the bundle has no {fmt} artifact; formats here: "
+                          f"{', '.join(sorted({str(f) for f, _ in have})) or 'none'}")
+    if precision is not None:
+        precs = sorted({str(p) for f, p in have if fmt is None or f == fmt})
+        if precision not in precs:
+            raise PolicyError(f"--precision {precision}: no {fmt or 'artifact'} of that precision here; "
+                              f"precisions: {', '.join(precs) or 'none'}")

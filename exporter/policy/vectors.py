@@ -2,7 +2,7 @@
 
 A vectors file is self-contained: the policy it was generated with, then cases of steps
 ``{t_s, thermal, battery, charging, low_power, expect}``; each case starts with no history.
-``expect`` is ``{variant, tier, rule}``, or ``{error}`` for input the engine must reject.
+``expect`` is ``{variant, tier, rule, reason}``, or ``{error}`` for input the engine must reject.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def custom_policy() -> dict[str, Any]:
     policy = reference_policy()
     tiers = policy["tiers"][1:]
     policy["tiers"] = tiers
+    policy["basis"]["tiers"] = "user"
     policy["thermal"]["max_tier"] = [3, 2, 1, 1]
     policy["thermal"]["platforms"]["android"]["moderate"] = 2
     policy["battery"]["bands"] = [{"min_pct": 80, "max_tier": 3}, {"min_pct": 40, "max_tier": 2},
@@ -82,7 +83,8 @@ def run_steps(p: Policy, platform: str, device: str | None, steps: list[dict[str
         state = DeviceState(platform, s["thermal"], s["battery"], s["charging"], s["low_power"], device)
         try:
             prev = decide(p, state, prev, t_ms(s["t_s"]))
-            expect: dict[str, Any] = {"variant": prev.variant, "tier": prev.tier, "rule": prev.rule}
+            expect: dict[str, Any] = {"variant": prev.variant, "tier": prev.tier, "rule": prev.rule,
+                                      "reason": prev.reason}
         except PolicyError as e:
             expect = {"error": e.code}
         out.append({**s, "expect": expect})

@@ -45,6 +45,29 @@ test('web demo switches variants with compute pressure', { timeout: 180_000 }, a
     const first = await page.evaluate(() => ({ ...document.body.dataset }));
     assert.equal(first.prediction, first.expected, `classified ${first.prediction}, expected ${first.expected}`);
 
+    // Each tier with its top-1, latency and size, numbered from 0 like the policy's tiers.
+    const tierRows = await page.$$eval('#tier-list tr[data-id]', (rs) => rs.map((r) => [...r.cells].map((c) => c.textContent)));
+    assert.deepEqual(tierRows.map((r) => r[0]), tiers.map((_, i) => String(i)));
+    assert.deepEqual(tierRows.map((r) => r[1]), tiers);
+    assert.ok(tierRows.every((r) => /%$/.test(r[2]) && /KB$/.test(r[4]) && r[5] === 'fp32'), JSON.stringify(tierRows));
+    const fits = await page.evaluate(() => {
+      const t = document.getElementById('tier-list').getBoundingClientRect();
+      const card = document.getElementById('tier-list').closest('.card').getBoundingClientRect();
+      return { table: t.right, card: card.right, doc: document.documentElement.scrollWidth, win: window.innerWidth };
+    });
+    assert.ok(fits.table <= fits.card && fits.doc <= fits.win, `tier table overflows: ${JSON.stringify(fits)}`);
+    // The user picks the precision the page runs: fp16 files are loaded, verified and classify right.
+    assert.deepEqual(await page.$$eval('#precision option', (os) => os.map((o) => o.value)), ['fp32', 'fp16']);
+    await page.selectOption('#precision', 'fp16');
+    await page.waitForFunction(() => document.body.dataset.precision === 'fp16', null, { timeout: 30_000 });
+    const n16 = await page.evaluate(() => Number(document.body.dataset.classified));
+    await page.waitForFunction((n) => Number(document.body.dataset.classified) >= n + 3, n16, { timeout: 30_000 });
+    const fp16 = await page.evaluate(() => ({ ...document.body.dataset }));
+    assert.equal(fp16.prediction, fp16.expected, `fp16 classified ${fp16.prediction}, expected ${fp16.expected}`);
+    assert.ok(await page.$$eval('#tier-list tr[data-id]', (rs) => rs.every((r) => r.cells[5].textContent === 'fp16')));
+    await page.screenshot({ path: join(artifacts, 'screenshot-fp16.png'), fullPage: true });
+    await page.selectOption('#precision', 'fp32');
+
     // Critical pressure: down to the cheapest tier at once.
     await page.selectOption('#pressure', 'critical');
     await page.waitForFunction((cheap) => document.body.dataset.variant === cheap, tiers[0], { timeout: 20_000 });

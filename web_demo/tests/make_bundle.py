@@ -31,14 +31,15 @@ def code_hash() -> str:
 def build(out: Path) -> None:
     import numpy as np
     import torch
+    from exporter.quantize import quantize_options
     from PIL import Image
 
     from calibration.data import DIGITS_LABELS, digits
     from exporter import training
     from exporter.bundle.export import export_bundle
     from exporter.checkpoints import LoadedModel
-    from exporter.nn.config import VariantGrid
     from exporter.demo import DEMO_TRAIN
+    from exporter.nn.config import VariantGrid
 
     torch.set_num_threads(1)
     grid = VariantGrid(widths=(0.25, 0.5, 1.0), keep_rates=(1.0, 0.5), resolutions=(32,))
@@ -48,8 +49,10 @@ def build(out: Path) -> None:
     loaded = LoadedModel(trained.model, "digits_vit", "slimvit", DIGITS_LABELS, trained.preprocess)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    # fp32 and fp16 ONNX: the page lets the user pick the precision it runs.
+    quant = quantize_options(("fp32", "fp16"), None, trained.preprocess)
     manifest = export_bundle(loaded, grid, tmp / "bundle", formats=("onnx",), eval_set=digits("test"),
-                             policy=POLICY)
+                             policy=POLICY, quantize=quant)
     # Samples every tier gets right, with a clear margin, saved as 32x32 PNGs in [0, 255].
     test = digits("test")
     x32 = torch.nn.functional.interpolate(torch.from_numpy(test.images), size=(32, 32), mode="bilinear",
@@ -79,9 +82,21 @@ def build(out: Path) -> None:
         Image.fromarray(img).save(tmp / "samples" / name)
         samples.append({"file": name, "label": str(int(test.labels[i]))})
     (tmp / "samples" / "samples.json").write_text(json.dumps(samples, indent=1))
+    write_report_fixture(tmp)
     (tmp / "stamp").write_text(code_hash())
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def write_report_fixture(tmp: Path) -> None:
+    """A copy of the bundle, profiled here with ONNX Runtime (so the report has a latency chart
+    and a measured policy), and its `slimvit report` page: tests/report.test.mjs opens it."""
+    from exporter.profile import profile_bundle
+    from exporter.report import write_report
+
+    shutil.copytree(tmp / "bundle", tmp / "report_bundle")
+    profile_bundle(tmp / "report_bundle", ["onnxruntime"], runs=10, warmup=2)
+    write_report(tmp / "report_bundle", tmp / "report.html")
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ function runCase(file, policy, c) {
       const choice = policy.decide(state, previous, step.t_s * 1000);
       assert.deepEqual([choice.variant, choice.tier, choice.rule],
         [step.expect.variant, step.expect.tier, step.expect.rule], where);
+      // The reason text is part of the contract: the page shows it to the user.
+      if ('reason' in step.expect) assert.equal(choice.reason, step.expect.reason, where);
       previous = choice;
     });
   });

@@ -128,6 +128,7 @@ def save_package(mlmodel: Any, path: Path) -> None:
 
     with quiet():
         mlmodel.save(str(path))
+    strip_debug_files(Path(path))
     spec_file = Path(path) / "Data" / "com.apple.CoreML" / "model.mlmodel"
     spec = Model_pb2.Model()
     spec.ParseFromString(spec_file.read_bytes())
@@ -143,6 +144,24 @@ def save_package(mlmodel: Any, path: Path) -> None:
     doc["itemInfoEntries"] = {ids[k]: v for k, v in doc["itemInfoEntries"].items()}
     doc["rootModelIdentifier"] = ids[doc["rootModelIdentifier"]]
     manifest.write_text(json.dumps(doc, indent=4, sort_keys=True) + "\n")
+
+
+# A package is `Manifest.json` plus `Data/`; anything else at its root is converter debris, e.g.
+# coremltools' `executorch_debug_handle_mapping.json` (op -> torch.export debug handle, ~40 KB
+# per package, no use to an app). Apps never read it.
+PACKAGE_ROOT = ("Manifest.json", "Data")
+
+
+def strip_debug_files(package: Path) -> list[str]:
+    """Remove every entry at the package root that is not part of the package format."""
+    import shutil
+
+    removed = []
+    for entry in sorted(package.iterdir()):
+        if entry.name not in PACKAGE_ROOT:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry.name)
+    return removed
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 import Foundation
 
 /// The slimvit switching policy (docs/policy.md), ported from the Python reference
-/// (exporter/policy.py). Pure: Foundation only, no UIKit/Core ML, no clock.
+/// (exporter/policy/engine.py). Pure: Foundation only, no UIKit/Core ML, no clock.
 public struct PolicyError: Error, CustomStringConvertible {
     public let code: String
     public let message: String
@@ -119,15 +119,21 @@ public struct Policy {
         if s.battery.isNaN || s.battery < 0 || s.battery > 100 {
             throw PolicyError(code: "battery_range", message: "battery must be a percentage in 0..100, got \(s.battery)")
         }
-        var caps: [(String, Int, String)] = [("thermal", thermalMaxTier[level], "thermal \(s.thermal) (\(s.platform)) = \(thermalScale[level])")]
-        if s.lowPower { caps.append(("low_power", lowPowerMaxTier, "low-power mode")) }
+        let scale = thermalScale[level]
+        var caps: [(String, Int, String)] = [("thermal", thermalMaxTier[level],
+            "\(s.platform) thermal \(s.thermal)" + (scale != s.thermal ? " = \(scale)" : ""))]
+        if s.lowPower { caps.append(("low_power", lowPowerMaxTier, "low-power mode on")) }
         if s.charging {
             caps.append(("charging", chargingMaxTier, "charging"))
         } else {
-            let band = bands.first { s.battery >= Double($0.minPct > 0 ? $0.minPct + margin : 0) }!
-            caps.append(("battery", band.maxTier, "battery \(s.battery)% >= \(band.minPct)%"))
+            func threshold(_ b: Band) -> Int { b.minPct > 0 ? b.minPct + margin : 0 }
+            let i = bands.firstIndex { s.battery >= Double(threshold($0)) }!
+            // The reason names the threshold the battery is under (the one above its band).
+            let text = i == 0 ? "on battery (\(fmtNum(s.battery))%)"
+                : "battery \(fmtNum(s.battery))% < \(threshold(bands[i - 1]))%"
+            caps.append(("battery", bands[i].maxTier, text))
         }
-        var tier = best, rule = "best", why = "no cap below the best tier"
+        var tier = best, rule = "best", why = "no cap applies"
         for (r, cap, text) in caps where cap < tier {  // strictly: ties keep the earlier rule
             tier = cap; rule = r; why = text
         }
@@ -135,7 +141,10 @@ public struct Policy {
             let p50 = p50Ms[dev] ?? [:]
             let start = tier
             while tier > 0 && (p50[tiers[tier]] ?? 0) > budget { tier -= 1 }
-            if tier < start { rule = "latency"; why = "\(tiers[start]) p50 over budget \(budget) ms on \(dev)" }
+            if tier < start {
+                rule = "latency"
+                why = "\(tiers[start]) p50 \(fmtNum(p50[tiers[start]] ?? 0)) ms > budget \(fmtNum(budget)) ms on \(dev)"
+            }
         }
         return (tier, rule, why)
     }
@@ -149,18 +158,28 @@ public struct Policy {
         func make(_ t: Int, _ rule: String, _ reason: String, _ pending: Int64? = nil) -> Choice {
             Choice(variant: tiers[t], tier: t, rule: rule, reason: reason, tMs: nowMs, pendingSinceMs: pending)
         }
-        guard let previous = previous else { return make(down.tier, down.rule, "\(down.reason): tier \(down.tier)") }
+        guard let previous = previous else {
+            return make(down.tier, down.rule, down.rule == "best" ? "\(down.reason): best tier \(down.tier)"
+                                                                  : "\(down.reason): capped at tier \(down.tier)")
+        }
         let cur = previous.tier
         if down.tier < cur { return make(down.tier, down.rule, "\(down.reason): down to tier \(down.tier) at once") }
         let up = try target(state, margin: upMarginPct)
         if up.tier <= cur {
             return down.tier == cur
                 ? make(cur, down.rule, "\(down.reason): stay at tier \(cur)")
-                : make(cur, "hysteresis", "\(down.reason), but not \(upMarginPct)% above the threshold: stay at tier \(cur)")
+                : make(cur, "hysteresis", "\(up.reason) to step up: stay at tier \(cur)")
         }
         let since = previous.pendingSinceMs ?? nowMs
         let waited = nowMs - since
-        if waited >= Int64(dwellS) * 1000 { return make(up.tier, up.rule, "\(up.reason): up to tier \(up.tier)") }
-        return make(cur, "dwell", "tier \(up.tier) allowed for \(waited / 1000) s of \(dwellS) s: stay at tier \(cur)", since)
+        let secs = fmtNum(Double(waited) / 1000)
+        if waited >= Int64(dwellS) * 1000 { return make(up.tier, up.rule, "\(up.reason): up to tier \(up.tier) after \(secs) s") }
+        return make(cur, "dwell", "tier \(up.tier) allowed for \(secs) s of \(dwellS) s: stay at tier \(cur)", since)
     }
+}
+
+/// Numbers in reason texts, as every port writes them: whole numbers without a decimal point,
+/// others in their shortest form (exporter/policy/engine.py fmt_num).
+func fmtNum(_ x: Double) -> String {
+    x == x.rounded() && abs(x) < 1e15 ? String(Int64(x)) : "\(x)"
 }

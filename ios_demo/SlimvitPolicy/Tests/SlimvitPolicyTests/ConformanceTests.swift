@@ -32,6 +32,10 @@ final class ConformanceTests: XCTestCase {
                         failed.append("\(name) step \(i): expected \(expect), got \(choice.variant)/\(choice.tier)/\(choice.rule)")
                         break
                     }
+                    if let reason = expect["reason"] as? String, choice.reason != reason {
+                        failed.append("\(name) step \(i): expected reason \"\(reason)\", got \"\(choice.reason)\"")
+                        break
+                    }
                 } catch let e as PolicyError {
                     if e.code != expect["error"] as? String {
                         failed.append("\(name) step \(i): unexpected error \(e)")

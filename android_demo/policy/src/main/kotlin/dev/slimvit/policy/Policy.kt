@@ -2,11 +2,16 @@ package dev.slimvit.policy
 
 /**
  * The slimvit switching policy (docs/policy.md), ported from the Python reference
- * (exporter/policy.py). Pure: no Android imports, no clock; the app passes the time in.
+ * (exporter/policy/engine.py). Pure: no Android imports, no clock; the app passes the time in.
  */
 class PolicyException(message: String, val code: String) : Exception(message)
 
 data class Band(val minPct: Int, val maxTier: Int)
+
+/** Numbers in reason texts, as every port writes them: whole numbers without a decimal point,
+ *  others in their shortest form (exporter/policy/engine.py fmt_num). */
+fun fmtNum(x: Double): String =
+    if (x == Math.floor(x) && Math.abs(x) < 1e15) x.toLong().toString() else x.toString()
 
 data class DeviceState(
     val platform: String,
@@ -77,17 +82,22 @@ class Policy(
         val b = state.battery
         if (b.isNaN() || b < 0.0 || b > 100.0) throw PolicyException("battery must be a percentage in 0..100, got $b", "battery_range")
         val caps = ArrayList<Triple<String, Int, String>>()
-        caps.add(Triple("thermal", thermalMaxTier[level], "thermal ${state.thermal} (${state.platform}) = ${thermalScale[level]}"))
-        if (state.lowPower) caps.add(Triple("low_power", lowPowerMaxTier, "low-power mode"))
+        val scale = thermalScale[level]
+        caps.add(Triple("thermal", thermalMaxTier[level],
+            "${state.platform} thermal ${state.thermal}" + (if (scale != state.thermal) " = $scale" else "")))
+        if (state.lowPower) caps.add(Triple("low_power", lowPowerMaxTier, "low-power mode on"))
         if (state.charging) {
             caps.add(Triple("charging", chargingMaxTier, "charging"))
         } else {
-            val band = bands.first { bd -> b >= (if (bd.minPct > 0) bd.minPct + marginPct else 0).toDouble() }
-            caps.add(Triple("battery", band.maxTier, "battery $b% >= ${band.minPct}%"))
+            fun threshold(bd: Band) = if (bd.minPct > 0) bd.minPct + marginPct else 0
+            val i = bands.indexOfFirst { bd -> b >= threshold(bd).toDouble() }
+            // The reason names the threshold the battery is under (the one above its band).
+            val text = if (i == 0) "on battery (${fmtNum(b)}%)" else "battery ${fmtNum(b)}% < ${threshold(bands[i - 1])}%"
+            caps.add(Triple("battery", bands[i].maxTier, text))
         }
         var tier = best
         var rule = "best"
-        var why = "no cap below the best tier"
+        var why = "no cap applies"
         for ((r, cap, text) in caps) {
             if (cap < tier) { tier = cap; rule = r; why = text }   // strictly: ties keep the earlier rule
         }
@@ -97,7 +107,10 @@ class Policy(
             val p50 = p50Ms[device] ?: emptyMap()
             val start = tier
             while (tier > 0 && (p50[tiers[tier]] ?: 0.0) > budget) tier--
-            if (tier < start) { rule = "latency"; why = "${tiers[start]} p50 over budget $budget ms on $device" }
+            if (tier < start) {
+                rule = "latency"
+                why = "${tiers[start]} p50 ${fmtNum(p50[tiers[start]] ?: 0.0)} ms > budget ${fmtNum(budget)} ms on $device"
+            }
         }
         return Target(tier, rule, why)
     }
@@ -110,18 +123,21 @@ class Policy(
         val down = target(state, 0)
         fun make(tier: Int, rule: String, reason: String, pending: Long? = null) =
             Choice(tiers[tier], tier, rule, reason, nowMs, pending)
-        if (previous == null) return make(down.tier, down.rule, "${down.reason}: tier ${down.tier}")
+        if (previous == null) {
+            return make(down.tier, down.rule,
+                if (down.rule == "best") "${down.reason}: best tier ${down.tier}" else "${down.reason}: capped at tier ${down.tier}")
+        }
         val cur = previous.tier
         if (down.tier < cur) return make(down.tier, down.rule, "${down.reason}: down to tier ${down.tier} at once")
         val up = target(state, upMarginPct)
         if (up.tier <= cur) {
             return if (down.tier == cur) make(cur, down.rule, "${down.reason}: stay at tier $cur")
-            else make(cur, "hysteresis", "${down.reason}, but not $upMarginPct% above the threshold: stay at tier $cur")
+            else make(cur, "hysteresis", "${up.reason} to step up: stay at tier $cur")
         }
         val since = previous.pendingSinceMs ?: nowMs
         val waited = nowMs - since
-        if (waited >= dwellS * 1000L) return make(up.tier, up.rule, "${up.reason}: up to tier ${up.tier} after ${waited / 1000.0} s")
-        return make(cur, "dwell", "tier ${up.tier} allowed for ${waited / 1000.0} s of $dwellS s: stay at tier $cur", since)
+        if (waited >= dwellS * 1000L) return make(up.tier, up.rule, "${up.reason}: up to tier ${up.tier} after ${fmtNum(waited / 1000.0)} s")
+        return make(cur, "dwell", "tier ${up.tier} allowed for ${fmtNum(waited / 1000.0)} s of $dwellS s: stay at tier $cur", since)
     }
 
     companion object {

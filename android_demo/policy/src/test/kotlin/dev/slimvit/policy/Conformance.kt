@@ -34,6 +34,8 @@ fun main(args: Array<String>) {
                     expect.containsKey("error") -> "expected error ${expect["error"]}, got ${c.variant}/${c.rule}"
                     c.variant != expect["variant"] || c.tier != expect["tier"].int("tier") || c.rule != expect["rule"] ->
                         "expected ${expect["variant"]}/${expect["tier"]}/${expect["rule"]}, got ${c.variant}/${c.tier}/${c.rule}"
+                    expect.containsKey("reason") && c.reason != expect["reason"] ->
+                        "expected reason \"${expect["reason"]}\", got \"${c.reason}\""
                     else -> null
                 }
             } catch (e: PolicyException) {
