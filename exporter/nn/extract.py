@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from exporter.nn.config import Subnet, Variant, block_keeps
-from exporter.nn.model import SlimmableViT, TokenSlimming, channel_index, qkv_rows
+from exporter.nn.model import SlimmableViT
 from exporter.nn.static import StaticSpec, StaticViT
 
 
@@ -27,63 +27,34 @@ def static_spec(model: SlimmableViT, s: Subnet) -> StaticSpec:
     )
 
 
+# `StaticViT` names that differ from timm's: its patch embedding is the conv itself and its
+# blocks hold fc1/fc2 directly (the exported graphs keep these names).
+STATIC_NAMES = {"patch_embed.proj.": "patch_embed.", "mlp.fc1.": "fc1.", "mlp.fc2.": "fc2."}
+
+
 @torch.no_grad()
 def variant_state_dict(model: SlimmableViT, s: Subnet) -> dict[str, Tensor]:
-    """The sliced weights of subnet ``s`` under `StaticViT`'s parameter names."""
-    cfg = model.cfg
-    D, d = cfg.embed_dim, s.embed_dim
-    ch = channel_index(D, d, s.channels)
-    hid = channel_index(cfg.mlp_hidden, s.mlp_hidden, s.channels)
-    rows = qkv_rows(cfg, s)
-    scale = cfg.head_dim ** -0.5  # the full model's scale, folded into the q rows
-
-    pos = model.pos_embed_for(s.resolution)[..., ch]
-    prefix = [model.cls_token[..., ch]]
-    if model.dist_token is not None:
-        prefix.append(model.dist_token[..., ch])
+    """The weights of subnet ``s`` (`SlimmableViT.active`, the one slicing) under `StaticViT`'s
+    names, with two folds a static graph can afford: the attention scale into the q rows, and the
+    prefix tokens' positions into one constant."""
+    cfg, d = model.cfg, s.embed_dim
+    w = model.active(s)
     n_prefix = cfg.num_prefix_tokens
-    sd: dict[str, Tensor] = {
-        "patch_embed.weight": model.patch_embed.proj.weight[ch],
-        "patch_embed.bias": model.patch_embed.proj.bias[ch],
-        "prefix": torch.cat(prefix, dim=1) + pos[:, :n_prefix],
-        "pos_embed": pos[:, n_prefix:],
-        "norm.weight": model.norm.weight[ch],
-        "norm.bias": model.norm.bias[ch],
-        "head.weight": model.head.weight[:, ch],
-        "head.bias": model.head.bias,
-    }
-    if model.head_dist is not None:
-        sd["head_dist.weight"] = model.head_dist.weight[:, ch]
-        sd["head_dist.bias"] = model.head_dist.bias
-    n_keeps = block_keeps(cfg, s)
+    pos = w.pop("pos_embed")
+    prefix = [w.pop("cls_token")] + ([w.pop("dist_token")] if "dist_token" in w else [])
+    sd: dict[str, Tensor] = {"prefix": torch.cat(prefix, dim=1) + pos[:, :n_prefix],
+                             "pos_embed": pos[:, n_prefix:]}
     q_scale = torch.ones(3 * d)
-    q_scale[:d] = scale
-    for i, blk in enumerate(model.blocks):
-        p = f"blocks.{i}."
-        sd[p + "norm1.weight"], sd[p + "norm1.bias"] = blk.norm1.weight[ch], blk.norm1.bias[ch]
-        sd[p + "norm2.weight"], sd[p + "norm2.bias"] = blk.norm2.weight[ch], blk.norm2.bias[ch]
-        sd[p + "attn.qkv.weight"] = blk.attn.qkv.weight[rows][:, ch] * q_scale[:, None]
-        if blk.attn.qkv.bias is not None:
-            sd[p + "attn.qkv.bias"] = blk.attn.qkv.bias[rows] * q_scale
-        sd[p + "attn.proj.weight"] = blk.attn.proj.weight[ch, ch]
-        sd[p + "attn.proj.bias"] = blk.attn.proj.bias[ch]
-        sd[p + "fc1.weight"], sd[p + "fc1.bias"] = blk.mlp.fc1.weight[hid, ch], blk.mlp.fc1.bias[hid]
-        sd[p + "fc2.weight"], sd[p + "fc2.bias"] = blk.mlp.fc2.weight[ch, hid], blk.mlp.fc2.bias[ch]
-        if blk.tsm is not None and n_keeps[i] is not None:
-            sd.update(tsm_state_dict(blk.tsm, s, n_keeps[i], p + "tsm."))
+    q_scale[:d] = cfg.head_dim ** -0.5  # the full model's scale, at every width
+    for name, t in w.items():
+        if name.endswith("attn.qkv.weight"):
+            t = t * q_scale[:, None]
+        elif name.endswith("attn.qkv.bias"):
+            t = t * q_scale
+        for old, new in STATIC_NAMES.items():
+            name = name.replace(old, new)
+        sd[name] = t
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
-
-
-def tsm_state_dict(tsm: TokenSlimming, s: Subnet, n_keep: int, prefix: str) -> dict[str, Tensor]:
-    """A Token Slimming Module at subnet ``s``'s width and its first ``n_keep`` output slots."""
-    D = tsm.cfg.embed_dim
-    ch = channel_index(D, s.embed_dim, s.channels)
-    hid = channel_index(tsm.cfg.tsm_hidden, s.embed_dim // 2, s.channels)
-    return {
-        prefix + "norm.weight": tsm.norm.weight[ch], prefix + "norm.bias": tsm.norm.bias[ch],
-        prefix + "fc1.weight": tsm.fc1.weight[hid, ch], prefix + "fc1.bias": tsm.fc1.bias[hid],
-        prefix + "fc2.weight": tsm.fc2.weight[:n_keep, hid], prefix + "fc2.bias": tsm.fc2.bias[:n_keep],
-    }
 
 
 def extract_variant(model: SlimmableViT, variant: Variant | Subnet) -> StaticViT:

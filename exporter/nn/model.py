@@ -117,19 +117,27 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
 
+    def active(self, s: Subnet) -> dict[str, Tensor]:
+        """The subnet's weights (views of the full ones), under this module's own names."""
+        ch = channel_index(self.cfg.embed_dim, s.embed_dim, s.channels)
+        rows = qkv_rows(self.cfg, s)
+        w = {"qkv.weight": self.qkv.weight[rows][:, ch], "proj.weight": self.proj.weight[ch, ch],
+             "proj.bias": self.proj.bias[ch]}
+        if self.qkv.bias is not None:
+            w["qkv.bias"] = self.qkv.bias[rows]
+        return w
+
     def forward(self, x: Tensor, s: Subnet) -> tuple[Tensor, Tensor]:
         B, N, d = x.shape
-        ch = channel_index(self.cfg.embed_dim, d, s.channels)
-        rows = qkv_rows(self.cfg, s)
-        bias = self.qkv.bias[rows] if self.qkv.bias is not None else None
-        qkv = F.linear(x, self.qkv.weight[rows][:, ch], bias)  # (B, N, 3d)
+        w = self.active(s)
+        qkv = F.linear(x, w["qkv.weight"], w.get("qkv.bias"))  # (B, N, 3d)
         qkv = qkv.view(B, N, 3 * s.num_heads, s.head_dim).transpose(1, 2)  # (B, 3H, N, hd)
         q, k, v = qkv.chunk(3, dim=1)  # each (B, H, N, hd)
         # The scale stays 1/sqrt(full head dim) at every width (HydraViT: fixed head dim;
         # Scala: its sliced forward keeps the full model's scale).
         out, attn = attention(q * self.cfg.head_dim ** -0.5, k, v)
         out = out.transpose(1, 2).reshape(B, N, d)  # (B, N, d)
-        return F.linear(out, self.proj.weight[ch, ch], self.proj.bias[ch]), attn
+        return F.linear(out, w["proj.weight"], w["proj.bias"]), attn
 
 
 class Mlp(nn.Module):
@@ -139,16 +147,31 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_hidden)
         self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.embed_dim)
 
-    def forward(self, x: Tensor, s: Subnet) -> Tensor:
+    def active(self, s: Subnet) -> dict[str, Tensor]:
         ch = channel_index(self.cfg.embed_dim, s.embed_dim, s.channels)
         hid = channel_index(self.cfg.mlp_hidden, s.mlp_hidden, s.channels)
-        x = F.gelu(F.linear(x, self.fc1.weight[hid, ch], self.fc1.bias[hid]))  # (B, N, h)
-        return F.linear(x, self.fc2.weight[ch, hid], self.fc2.bias[ch])
+        return {"fc1.weight": self.fc1.weight[hid, ch], "fc1.bias": self.fc1.bias[hid],
+                "fc2.weight": self.fc2.weight[ch, hid], "fc2.bias": self.fc2.bias[ch]}
+
+    def forward(self, x: Tensor, s: Subnet) -> Tensor:
+        w = self.active(s)
+        x = F.gelu(F.linear(x, w["fc1.weight"], w["fc1.bias"]))  # (B, N, h)
+        return F.linear(x, w["fc2.weight"], w["fc2.bias"])
+
+
+def norm_active(norm: nn.LayerNorm, s: Subnet) -> dict[str, Tensor]:
+    """A LayerNorm's weights at the subnet's width."""
+    ch = channel_index(norm.weight.shape[0], s.embed_dim, s.channels)
+    return {"weight": norm.weight[ch], "bias": norm.bias[ch]}
 
 
 def sliced_norm(norm: nn.LayerNorm, x: Tensor, s: Subnet, eps: float) -> Tensor:
-    ch = channel_index(norm.weight.shape[0], s.embed_dim, s.channels)
-    return F.layer_norm(x, (s.embed_dim,), norm.weight[ch], norm.bias[ch], eps)
+    w = norm_active(norm, s)
+    return F.layer_norm(x, (s.embed_dim,), w["weight"], w["bias"], eps)
+
+
+def prefixed(prefix: str, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {prefix + k: v for k, v in weights.items()}
 
 
 class TokenSlimming(nn.Module):
@@ -167,7 +190,8 @@ class TokenSlimming(nn.Module):
         self.fc1 = nn.Linear(cfg.embed_dim, cfg.tsm_hidden)
         self.fc2 = nn.Linear(cfg.tsm_hidden, cfg.tsm_slots)
 
-    def forward(self, x: Tensor, s: Subnet, n_keep: int) -> tuple[Tensor, Tensor]:
+    def active(self, s: Subnet, n_keep: int) -> dict[str, Tensor]:
+        """The module at the subnet's width, with its first ``n_keep`` output slots."""
         cfg = self.cfg
         if n_keep > cfg.tsm_slots:
             raise ConfigError(f"subnet {s.id} keeps {n_keep} tokens but the Token Slimming "
@@ -175,10 +199,16 @@ class TokenSlimming(nn.Module):
                               f"{cfg.resolutions[0]} or a lower keep rate")
         ch = channel_index(cfg.embed_dim, s.embed_dim, s.channels)
         hid = channel_index(cfg.tsm_hidden, s.embed_dim // 2, s.channels)
+        return {**prefixed("norm.", norm_active(self.norm, s)),
+                "fc1.weight": self.fc1.weight[hid, ch], "fc1.bias": self.fc1.bias[hid],
+                "fc2.weight": self.fc2.weight[:n_keep, hid], "fc2.bias": self.fc2.bias[:n_keep]}
+
+    def forward(self, x: Tensor, s: Subnet, n_keep: int) -> tuple[Tensor, Tensor]:
+        cfg, w = self.cfg, self.active(s, n_keep)
         p = cfg.num_prefix_tokens
-        h = sliced_norm(self.norm, x[:, p:], s, cfg.ln_eps)  # (B, N-p, d)
-        h = F.gelu(F.linear(h, self.fc1.weight[hid, ch], self.fc1.bias[hid]))  # (B, N-p, d/2)
-        logits = F.linear(h, self.fc2.weight[:n_keep, hid], self.fc2.bias[:n_keep])  # (B, N-p, k)
+        h = F.layer_norm(x[:, p:], (s.embed_dim,), w["norm.weight"], w["norm.bias"], cfg.ln_eps)  # (B, N-p, d)
+        h = F.gelu(F.linear(h, w["fc1.weight"], w["fc1.bias"]))  # (B, N-p, d/2)
+        logits = F.linear(h, w["fc2.weight"], w["fc2.bias"])  # (B, N-p, k)
         return slim_tokens(x, logits, p)
 
 
@@ -191,6 +221,14 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
         self.mlp = Mlp(cfg)
         self.tsm = TokenSlimming(cfg) if tsm else None
+
+    def active(self, s: Subnet, n_keep: int | None) -> dict[str, Tensor]:
+        """The block's weights at subnet ``s`` under timm's names (``mlp.fc1.weight``, ...)."""
+        w = {**prefixed("norm1.", norm_active(self.norm1, s)), **prefixed("attn.", self.attn.active(s)),
+             **prefixed("norm2.", norm_active(self.norm2, s)), **prefixed("mlp.", self.mlp.active(s))}
+        if self.tsm is not None and n_keep is not None:
+            w.update(prefixed("tsm.", self.tsm.active(s, n_keep)))
+        return w
 
     def reduce(self, x: Tensor, attn: Tensor, s: Subnet, n_keep: int) -> tuple[Tensor, Tensor | None]:
         """Reduce the tokens after attention; also returns the TSM's aggregation weights."""
@@ -271,21 +309,45 @@ class SlimmableViT(nn.Module):
         return resample_pos_embed(self.pos_embed, self.cfg.num_prefix_tokens,
                                   resolution // self.cfg.patch_size)
 
+    def stem_active(self, s: Subnet) -> dict[str, Tensor]:
+        """Patch embedding, prefix tokens and the positions of the subnet's resolution."""
+        ch = channel_index(self.cfg.embed_dim, s.embed_dim, s.channels)
+        w = {"patch_embed.proj.weight": self.patch_embed.proj.weight[ch],
+             "patch_embed.proj.bias": self.patch_embed.proj.bias[ch],
+             "cls_token": self.cls_token[..., ch], "pos_embed": self.pos_embed_for(s.resolution)[..., ch]}
+        if self.dist_token is not None:
+            w["dist_token"] = self.dist_token[..., ch]
+        return w
+
+    def head_active(self, s: Subnet) -> dict[str, Tensor]:
+        """The final norm and the classifier(s): input columns sliced, the bias stays full."""
+        ch = channel_index(self.cfg.embed_dim, s.embed_dim, s.channels)
+        w = {**prefixed("norm.", norm_active(self.norm, s)), "head.weight": self.head.weight[:, ch],
+             "head.bias": self.head.bias}
+        if self.head_dist is not None:
+            w |= {"head_dist.weight": self.head_dist.weight[:, ch], "head_dist.bias": self.head_dist.bias}
+        return w
+
+    def active(self, s: Subnet) -> dict[str, Tensor]:
+        """Every weight subnet ``s`` uses, under timm's names: the one definition of slicing that
+        the forward runs and `extract_variant` copies (views of the full weights, not copies)."""
+        w = {**self.stem_active(s), **self.head_active(s)}
+        for i, (block, n_keep) in enumerate(zip(self.blocks, block_keeps(self.cfg, s), strict=True)):
+            w.update(prefixed(f"blocks.{i}.", block.active(s, n_keep)))
+        return w
+
     def embed(self, x: Tensor, s: Subnet) -> Tensor:
         """Patch embedding, prefix tokens and positions: (B, C, R, R) -> (B, N, d)."""
-        cfg = self.cfg
         if x.shape[-2:] != (s.resolution, s.resolution):
             raise ValueError(f"subnet {s.id} expects {s.resolution}x{s.resolution} input, "
                              f"got {tuple(x.shape[-2:])}")
-        ch = channel_index(cfg.embed_dim, s.embed_dim, s.channels)
-        w = self.patch_embed.proj
-        x = F.conv2d(x, w.weight[ch], w.bias[ch], stride=cfg.patch_size)  # (B, d, g, g)
+        w = self.stem_active(s)
+        x = F.conv2d(x, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"],
+                     stride=self.cfg.patch_size)  # (B, d, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, g*g, d)
-        prefix = [self.cls_token[..., ch]]
-        if self.dist_token is not None:
-            prefix.append(self.dist_token[..., ch])
+        prefix = [w["cls_token"]] + ([w["dist_token"]] if "dist_token" in w else [])
         x = torch.cat([p.expand(x.shape[0], -1, -1) for p in prefix] + [x], dim=1)
-        return x + self.pos_embed_for(s.resolution)[..., ch]  # (B, N, d)
+        return x + w["pos_embed"]  # (B, N, d)
 
     def forward_features(self, x: Tensor, s: Subnet) -> Tensor:
         cfg = self.cfg
@@ -295,11 +357,10 @@ class SlimmableViT(nn.Module):
         return sliced_norm(self.norm, x, s, cfg.ln_eps)
 
     def forward_head(self, x: Tensor, s: Subnet) -> Tensor:
-        ch = channel_index(self.cfg.embed_dim, s.embed_dim, s.channels)
-        logits = F.linear(x[:, 0], self.head.weight[:, ch], self.head.bias)
-        if self.head_dist is not None:
-            dist = F.linear(x[:, 1], self.head_dist.weight[:, ch], self.head_dist.bias)
-            logits = (logits + dist) / 2
+        w = self.head_active(s)
+        logits = F.linear(x[:, 0], w["head.weight"], w["head.bias"])
+        if "head_dist.weight" in w:
+            logits = (logits + F.linear(x[:, 1], w["head_dist.weight"], w["head_dist.bias"])) / 2
         return logits
 
     def forward(self, x: Tensor, variant: Variant | Subnet | None = None) -> Tensor:

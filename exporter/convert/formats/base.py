@@ -32,12 +32,14 @@ class ExportFormat(ABC):
         layouts: input layouts the format can export; the first is the default.
         directory: whether an artifact is a directory (hashed with ``sha256_tree``), not a file.
         cli_options: the `slimvit export` options that only this format reads.
+        deterministic: whether the same module and metadata always give the same bytes.
     """
 
     name: ClassVar[str]
     suffix: ClassVar[str]
     directory: ClassVar[bool] = False
     cli_options: ClassVar[tuple[str, ...]] = ()
+    deterministic: ClassVar[bool] = False
     atol: ClassVar[float] = 1e-4
     can_run: ClassVar[bool] = True
     layouts: ClassVar[tuple[str, ...]] = ("NCHW",)
@@ -53,6 +55,10 @@ class ExportFormat(ABC):
     @abstractmethod
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         """Run the artifact on a batch (N, C, H, W) one sample at a time; return (N, classes)."""
+
+    @abstractmethod
+    def read_metadata(self, path: Path) -> dict[str, str]:
+        """The string metadata `export` wrote into the artifact (``slimvit.*`` keys)."""
 
     def runtime_version(self) -> str:
         """Name and version of what `run` uses, recorded with every validation."""

@@ -49,6 +49,7 @@ class CoreMLFormat(ExportFormat):
     directory: ClassVar[bool] = True
     cli_options: ClassVar[tuple[str, ...]] = ("--coreml-target",)
     atol: ClassVar[float] = 1e-4
+    deterministic: ClassVar[bool] = True
     can_run: ClassVar[bool] = sys.platform == "darwin"
 
     def __init__(self, layout: str | None = None, deployment_target: str = "iOS17") -> None:
@@ -79,6 +80,9 @@ class CoreMLFormat(ExportFormat):
             raise converter_error(self.name, metadata, e) from e
         describe(mlmodel, metadata, x.shape)
         save_package(mlmodel, path)
+
+    def read_metadata(self, path: Path) -> dict[str, str]:
+        return program_info(path).metadata
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         import coremltools as ct

@@ -20,6 +20,7 @@ class OnnxFormat(ExportFormat):
     name: ClassVar[str] = "onnx"
     suffix: ClassVar[str] = ".onnx"
     atol: ClassVar[float] = 1e-4
+    deterministic: ClassVar[bool] = True
     opset: ClassVar[int] = 20
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
@@ -36,6 +37,10 @@ class OnnxFormat(ExportFormat):
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         path.write_bytes(model.SerializeToString(deterministic=True))
+
+    def read_metadata(self, path: Path) -> dict[str, str]:
+        model = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
 
     def session(self, path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
         import onnxruntime as ort

@@ -39,6 +39,7 @@ class TFLiteFormat(ExportFormat):
     name: ClassVar[str] = "tflite"
     suffix: ClassVar[str] = ".tflite"
     atol: ClassVar[float] = 1e-4
+    deterministic: ClassVar[bool] = True
     layouts: ClassVar[tuple[str, ...]] = ("NCHW", "NHWC")
     cli_options: ClassVar[tuple[str, ...]] = ("--nhwc",)
 
@@ -69,6 +70,9 @@ class TFLiteFormat(ExportFormat):
             it = Interpreter(model_path=str(path), num_threads=threads)
             it.allocate_tensors()
         return it
+
+    def read_metadata(self, path: Path) -> dict[str, str]:
+        return read_metadata(path)
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         it = self.interpreter(path)
