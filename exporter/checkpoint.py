@@ -18,6 +18,8 @@ from exporter.checkpoints import Container, read_container
 from exporter.config import ViTConfig
 from exporter.errors import CheckpointError, ConfigError, check_choice
 from exporter.fileio import atomic_path
+from exporter.gate.files import loads_strict, regular_file
+from exporter.gate.models import labels_list, preprocess_dict
 from exporter.model import SlimmableViT
 
 FORMAT_TAG = "slimvit"
@@ -89,10 +91,10 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         if n > MAX_HEADER_BYTES or n + 8 > size:
             raise CheckpointError(f"{path}: safetensors header claims {n} bytes but the file has "
                                   f"{size}; the file is truncated or corrupt")
-        try:
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise CheckpointError(f"{path}: safetensors header is not valid JSON; the file is corrupt") from None
+        header = loads_strict(f.read(n), f"{path}: safetensors header", CheckpointError, max_depth=4)
+        meta = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise CheckpointError(f"{path}: safetensors metadata must map names to strings; the file is corrupt")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -116,24 +118,7 @@ def load_slimvit(path: Path, **_: object) -> LoadedModel:
 
         return load_searched(path, tensors, meta)
     try:
-        raw_cfg = _meta_json(meta, "config", None, dict)
-        labels = _meta_json(meta, "labels", None, list)
-        pre = _meta_json(meta, "preprocess", {}, dict) or {}
-        if raw_cfg is None:
-            raise ValueError('no "config" entry')
-        cfg = ViTConfig.from_dict(raw_cfg)
-        if labels is not None and not all(isinstance(x, str) for x in labels):
-            raise ValueError('"labels" must be a list of strings')
-        crop = pre.get("crop", 1.0)  # absent in checkpoints written before crop was stored
-        if type(crop) not in (int, float):
-            raise ValueError(f'"preprocess" crop must be a number in (0, 1], but got {crop!r}')
-        preprocess = Preprocess(tuple(pre.get("mean", (0.5,) * 3)), tuple(pre.get("std", (0.5,) * 3)),
-                                pre.get("resize", "bilinear"), float(crop))
-        numbers = (*preprocess.mean, *preprocess.std)
-        if len(preprocess.mean) != cfg.in_chans or not all(type(v) in (int, float) for v in numbers):
-            raise ValueError(f'"preprocess" needs {cfg.in_chans} numeric mean and std values')
-        if preprocess.resize not in RESIZE_MODES:
-            raise ValueError(f'"preprocess" resize must be one of {RESIZE_MODES}')
+        cfg, labels, preprocess = read_metadata(meta)
         _check_size(cfg, tensors)
         model = SlimmableViT(cfg)  # a config of the wrong types (true for an int) fails here
     except ConfigError as e:
@@ -141,8 +126,28 @@ def load_slimvit(path: Path, **_: object) -> LoadedModel:
     except (ValueError, TypeError) as e:  # a hostile or damaged header, not a config we wrote
         raise CheckpointError(f"{path}: slimvit metadata is damaged ({e})") from None
     load_tensors(model, tensors, path)
-    return LoadedModel(model.eval(), path.stem, FORMAT_TAG,
-                       labels or [str(i) for i in range(cfg.num_classes)], preprocess)
+    return LoadedModel(model.eval(), path.stem, FORMAT_TAG, labels, preprocess)
+
+
+def read_metadata(meta: dict[str, str]) -> tuple[ViTConfig, list[str], Preprocess]:
+    """The config, labels and preprocessing of slimvit metadata, checked by the gate (strict
+    types, finite numbers, bounds; one label per class; one mean/std per channel).
+
+    Raises:
+        ConfigError: a config value is out of range or of the wrong type.
+        ValueError: the metadata is damaged (missing config, not JSON, wrong shapes).
+    """
+    raw_cfg = _meta_json(meta, "config", None, dict)
+    if raw_cfg is None:
+        raise ValueError('no "config" entry')
+    cfg = ViTConfig.from_dict(raw_cfg)
+    labels = _meta_json(meta, "labels", None, list)
+    labels = (labels_list(labels, cfg.num_classes, '"labels"', ConfigError) if labels is not None
+              else [str(i) for i in range(cfg.num_classes)])
+    pre = _meta_json(meta, "preprocess", {}, dict) or {}
+    default = {"mean": [0.5] * cfg.in_chans, "std": [0.5] * cfg.in_chans}  # crop: absent in old files
+    preprocess = Preprocess(**preprocess_dict({**default, **pre}, cfg.in_chans, '"preprocess"', ConfigError))
+    return cfg, labels, preprocess
 
 
 def _check_size(cfg: ViTConfig, tensors: dict[str, torch.Tensor]) -> None:
@@ -158,7 +163,7 @@ def _meta_json(meta: dict[str, str], key: str, default: object, kind: type) -> o
     """A JSON value stored as a string in the safetensors metadata, of the expected type."""
     if key not in meta:
         return default
-    value = json.loads(meta[key])  # JSONDecodeError is a ValueError
+    value = loads_strict(meta[key], f'"{key}"', ConfigError)
     if value is not None and not isinstance(value, kind):
         raise ValueError(f'"{key}" must be a JSON {kind.__name__}, not {type(value).__name__}')
     return value
@@ -178,6 +183,11 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
         problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
     if shapes:
         problems.append(f"shape mismatch: {'; '.join(shapes[:4])}")
+    dtypes = sorted({f"{k}: {tensors[k].dtype}" for k in own if k in tensors
+                     and not tensors[k].is_floating_point()})
+    if dtypes:
+        problems.append(f"weights must be floating point, but {len(dtypes)} are not "
+                        f"({'; '.join(dtypes[:4])}{' ...' if len(dtypes) > 4 else ''})")
     if problems:
         raise CheckpointError(f"{path}: tensors do not fit the model config ({' | '.join(problems)})")
     model.load_state_dict({k: tensors[k].float() for k in own}, strict=True)
@@ -246,8 +256,7 @@ def load_model(path: str | Path, checkpoint_format: str = "auto",
     import warnings
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    regular_file(path, "checkpoint", CheckpointError)  # a directory or FIFO is not "not found"
     check_choice("checkpoint format", checkpoint_format, ["auto", *LOADERS])
     fmt = checkpoint_format
     if fmt == "auto":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,18 +184,26 @@ def load_searched(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) 
     """Rebuild a `NonUniformViT` from a checkpoint written by `save_searched` (called by the
     slimvit loader when the metadata has a structure)."""
     from exporter.checkpoint import LoadedModel, load_tensors
+    from exporter.checkpoint import _check_size, read_metadata
     from exporter.errors import CheckpointError
+    from exporter.gate.files import loads_strict
+    from exporter.gate.models import structure_dict
 
     try:
-        cfg = ViTConfig.from_dict(json.loads(meta["config"]))
-        st = Structure.from_dict(json.loads(meta[STRUCTURE_KEY]))
+        cfg, labels, preprocess = read_metadata(meta)
+        _check_size(cfg, tensors)  # the structure is a subset of cfg: bounded before allocation
+        raw = loads_strict(meta[STRUCTURE_KEY], '"structure"', ConfigError)
+        # every index is checked against the model before anything is allocated
+        st = Structure.from_dict(structure_dict(
+            raw, cfg.depth, cfg.num_heads, cfg.head_dim, cfg.mlp_hidden,
+            (cfg.img_size // cfg.patch_size) ** 2, '"structure"', ConfigError))
         budget = float(meta.get("budget_macs", "1"))
-        labels = json.loads(meta.get("labels", "null")) or [str(i) for i in range(cfg.num_classes)]
-        pre = json.loads(meta.get("preprocess", "{}"))
+        if not math.isfinite(budget) or not 0 < budget <= 1:
+            raise ValueError(f'"budget_macs" must be in (0, 1], but got {meta.get("budget_macs")!r}')
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: searched-structure metadata holds a bad value: {e}") from None
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: searched-structure metadata is damaged ({e})") from None
     model = NonUniformViT(cfg, st, budget)
     load_tensors(model, tensors, path)
-    preprocess = Preprocess(tuple(pre.get("mean", (0.5,) * 3)), tuple(pre.get("std", (0.5,) * 3)),
-                            pre.get("resize", "bilinear"))
     return LoadedModel(model.eval(), path.stem, "slimvit", labels, preprocess)  # type: ignore[arg-type]
