@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from exporter.commands.common import app, bundle_app, console, out_console
+from rich.text import Text
+
+from exporter.commands.common import app, bundle_app, console, out_console, say
 
 
 @app.command()
@@ -28,13 +30,14 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
         print(json.dumps(report.to_dict(), indent=2))
     else:
         for w in report.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            say("warning:", w)
         for p in report.problems:
-            console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
+            say("problem:", p, "red")
         signed = {None: "signature not checked", True: "signature valid", False: "signature INVALID"}
-        verdict = "[green]ok[/]" if report.ok else f"[red]FAILED ({len(report.problems)} problem(s))[/]"
-        console.print(f"{bundle}: {verdict}: {report.artifacts} file(s) checked, bundle_version "
-                      f"{report.bundle_version}, {signed[report.signed]}", highlight=False, soft_wrap=True)
+        verdict = "ok" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+        console.print(Text.assemble(f"{bundle}: ", (verdict, "green" if report.ok else "red"),
+                                    f": {report.artifacts} file(s) checked, bundle_version "
+                                    f"{report.bundle_version}, {signed[report.signed]}"), soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -24,6 +24,7 @@ from exporter.commands.common import (
     parse_grid,
     progress_bar,
     progress_bars,
+    say,
 )
 
 
@@ -91,13 +92,13 @@ def export(checkpoint: CheckpointArg,
                 loaded, grid, out, fmt_list, eval_data, progress=step, precisions=precisions,
                 calibration=calibration, calibration_samples=calibration_samples,
                 calibration_method=calibration_method, max_drop=max_drop / 100,
-                warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False), policy=policy,
+                warn=lambda m: say("warning:", m), policy=policy,
                 nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target, resume=resume,
                 cache_dir=cache_dir)
     except IncompleteBundleError as e:  # --keep-going: show what was written, then the failures
         out_console.print(variant_table(e.manifest, f"bundle {out} (incomplete)"))
         for variant, fmt, why in e.failures:
-            console.print(f"[red]failed:[/] {variant} {fmt}: {why}", highlight=False, soft_wrap=True)
+            say("failed:", f"{variant} {fmt}: {why}", "red")
         raise
     out_console.print(variant_table(manifest, f"bundle {out}"))
     print_precisions(manifest)
@@ -182,5 +183,4 @@ def print_precisions(manifest: dict[str, Any]) -> None:
         return
     out_console.print(table)
     for e in manifest["calibration"].get("excluded", []):
-        console.print(f"[yellow]left out:[/] {e['variant']} {e['format']} {e['precision']}: {e['reason']}",
-                      highlight=False, soft_wrap=True)
+        say("left out:", f"{e['variant']} {e['format']} {e['precision']}: {e['reason']}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from exporter.commands.common import app, console, out_console, progress_bar
+from exporter.commands.common import app, console, out_console, progress_bar, say
 
 
 @app.command()
@@ -48,8 +48,8 @@ def _stale_signature_note(bundle: Path) -> None:
     from exporter.verify import SIGNATURE_NAME
 
     if (bundle / SIGNATURE_NAME).exists():
-        console.print(f"[yellow]warning:[/] manifest.json changed, so {SIGNATURE_NAME} no longer matches it; "
-                      f"re-sign the bundle with `slimvit sign`", highlight=False)
+        say("warning:", f"manifest.json changed, so {SIGNATURE_NAME} no longer matches it; "
+                        f"re-sign the bundle with `slimvit sign`")
 
 
 @app.command()
@@ -70,7 +70,7 @@ def ingest(
     for line in result.merged:
         console.print(f"merged: {line}", highlight=False)
     for line in result.skipped:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        say("skipped:", line)
     console.print(f"{len(result.merged)} merged, {len(result.skipped)} skipped"
                   + ("" if result.merged else "; manifest unchanged"))
     if result.merged:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from exporter.commands.common import app, console, out_console, policy_app
+from exporter.commands.common import app, console, out_console, policy_app, say
 
 
 @app.command("select")
@@ -98,7 +98,7 @@ def policy_check(vectors: Annotated[Path, typer.Argument(help="A policy vectors 
     doc = read_vectors(vectors)
     bad = check_vectors(doc)
     for b in bad:
-        console.print(f"[red]mismatch:[/] {b}", highlight=False, soft_wrap=True)
+        say("mismatch:", b, "red")
     console.print(f"{vectors}: {len(doc['cases'])} cases, {len(bad)} mismatch(es)")
     if bad:
         raise typer.Exit(1)

@@ -43,8 +43,8 @@ def train(
                      widths=parse_floats(widths, "--widths") if widths else None,
                      keep_rates=parse_floats(keep_rates, "--keep-rates") if keep_rates else None,
                      resolutions=parse_ints(resolutions, "--resolutions") if resolutions else None)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console) as bar:
+    with Progress(TextColumn("{task.description}", markup=False, style="bold"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[stats]}", markup=False), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("train", total=None, stats="")
         last: dict[str, Any] = {}
 
@@ -64,7 +64,7 @@ def train(
         return  # a data-parallel worker: rank 0 prints the table
     for r in runs:
         for note in r.notes:
-            console.print(f"[yellow]data:[/] {note}", highlight=False)
+            say("data:", note)
     table = Table(title=f"held-out top-1 per variant ({'separate models' if separate else 'one slimmable model'}, "
                         f"{result.seconds:.1f} s)")
     table.add_column("variant")

@@ -184,3 +184,40 @@ def is_bundle_path(path: Path) -> Path | None:
         if (d / "manifest.json").is_file():
             return d
     return None
+
+
+MAX_NODES = 1_000_000  # values in one parsed document (YAML aliases can repeat a subtree)
+
+
+def check_plain(doc: Any, what: str, error: type[SlimvitError] = InputError,
+                max_depth: int = limits.MAX_JSON_DEPTH) -> Any:
+    """A parsed YAML/TOML/JSON document as strict JSON would hold it: string keys, finite floats,
+    integers of at most `MAX_INT_DIGITS` digits, no deeper than ``max_depth``, at most
+    `MAX_NODES` values (YAML alias bombs), no dates, sets or binary. Returns ``doc``."""
+    stack, seen = [(doc, "", 0)], 0
+    while stack:
+        value, where, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise error(f"{what} holds over {MAX_NODES:,} values (repeated YAML aliases?)")
+        if depth > max_depth:
+            raise error(f"{what} nests deeper than {max_depth} levels")
+        at = f" at {where}" if where else ""
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if isinstance(value, int):
+            if abs(value) >= 10**limits.MAX_INT_DIGITS:  # compared, never printed (4300-digit limit)
+                raise error(f"{what}: the integer{at} is out of range")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise error(f"{what}: {value}{at} is not a finite number")
+        elif isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise error(f"{what}: key {str(bad[0])[:40]!r}{at} is not a string")
+            stack.extend((v, f"{where}/{k}" if where else k, depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}/{i}" if where else str(i), depth + 1) for i, v in enumerate(value))
+        else:
+            raise error(f"{what}: a {type(value).__name__}{at} is not a JSON value (quote dates and times)")
+    return doc

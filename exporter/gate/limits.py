@@ -50,3 +50,28 @@ MAX_SAFETENSORS_HEADER = 16 << 20
 MAX_NPZ_MEMBER_BYTES = 2 << 30  # one calibration array, uncompressed
 MAX_NPZ_RATIO = 1000  # uncompressed / compressed: more is a zip bomb
 MAX_IMAGE_PIXELS = 64_000_000  # Pillow's decompression-bomb guard (a 8000 x 8000 photo)
+
+# ---------------------------------------------------------------- CLI numbers, by parameter name
+# (low, high, low_inclusive). Every other int flag is a count in [0, MAX_CLI_INT]; every float
+# flag must be finite. `exporter.gate.cli` applies this table to every command.
+MAX_CLI_INT = 2**31 - 1
+CLI_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "epochs": (1, MAX_EPOCHS, True),
+    "search_epochs": (1, MAX_EPOCHS, True),
+    "finetune_epochs": (0, MAX_EPOCHS, True),
+    "batch_size": (1, MAX_BATCH, True),
+    "seed": (0, MAX_SEED, True),
+    "lr": (LR_RANGE[0], LR_RANGE[1], False),
+    "num_heads": (1, MAX_HEADS, True),
+    "limit": (0, MAX_LIMIT, True),
+    "threads": (0, MAX_THREADS, True),
+    "runs": (1, MAX_RUNS, True),
+    "warmup": (0, MAX_RUNS, True),
+    "calibration_samples": (1, 1_000_000, True),
+    "battery": (0, 100, True),
+    "fps": (0, MAX_FPS, False),
+    "max_drop": (0, 100, True),
+    "budget_macs": (0, 1, False),
+    "bundle_version": (0, MAX_BUNDLE_VERSION, True),
+    "min_bundle_version": (0, MAX_BUNDLE_VERSION, True),
+}

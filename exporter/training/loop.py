@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from calibration.data import ImageSet, Preprocess
 from exporter.checkpoint import load_model, save_checkpoint, weights_digest
 from exporter.config import Subnet, ViTConfig
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, SlimvitError
 from exporter.fileio import atomic_write_json, atomic_write_text
 from exporter.model import SlimmableViT
 from exporter.training import ddp
@@ -113,6 +113,10 @@ def load_teacher(path: str | None, num_classes: int) -> tuple[SlimmableViT, Prep
         raise ConfigError(f"teacher {path} predicts {loaded.model.cfg.num_classes} classes but the dataset "
                           f"has {num_classes}; distil from a teacher trained on the same classes")
     return loaded.model.eval().requires_grad_(False), loaded.preprocess
+
+
+class DivergedError(SlimvitError):
+    """The loss became NaN or infinite: nothing after the last good epoch is kept."""
 
 
 def check_out(out: Path | None, resume: str | Path | None) -> None:
@@ -226,6 +230,11 @@ def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | 
             stats = ddp.reduce_gradients(params, share, torch.tensor([loss * share, correct, len(part)],
                                                                      dtype=torch.float64), d)
             sums += stats
+            if not math.isfinite(float(stats[0])):  # every rank sees the same reduced loss
+                kept = (f"; {out / STATE_FILE} still holds epoch {epoch}, the last good one"
+                        if out is not None and epoch > start else "")
+                raise DivergedError(f"training diverged: the loss is {float(stats[0])} at epoch {epoch + 1}, "
+                                    f"step {b + 1} (lr {lr_at(cfg, step, steps):.3g}){kept}; lower --lr")
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, steps)
