@@ -71,7 +71,10 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str,
             if nbytes > info.file_size:
                 raise error(f"{what} claims shape {shape} ({nbytes:,} bytes) but holds "
                             f"{info.file_size:,}; the file is damaged")
-            return np.lib.format.read_array(f, allow_pickle=False)
+            data = f.read(nbytes)  # exactly what the checked header says, never more
+            if len(data) != nbytes:
+                raise error(f"{what} is truncated ({len(data):,} of {nbytes:,} bytes)")
+            return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
     except SlimvitError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as e:
