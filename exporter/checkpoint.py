@@ -5,7 +5,6 @@ plug into."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from exporter.checkpoints import Container, read_container
 from exporter.config import ViTConfig
 from exporter.errors import CheckpointError, ConfigError, check_choice
 from exporter.fileio import atomic_path
+from exporter.gate.files import dumps_strict
 from exporter.gate.files import loads_strict, regular_file
 from exporter.gate.models import labels_list, preprocess_dict
 from exporter.model import SlimmableViT
@@ -65,9 +65,9 @@ def save_checkpoint(model: SlimmableViT, path: str | Path, labels: list[str] | N
     pre = preprocess or Preprocess()
     meta = {
         "format": FORMAT_TAG, "format_version": FORMAT_VERSION,
-        "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
-        "labels": json.dumps(labels or [str(i) for i in range(model.cfg.num_classes)]),
-        "preprocess": json.dumps({"mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize,
+        "config": dumps_strict(model.cfg.to_dict(), sort_keys=True),
+        "labels": dumps_strict(labels or [str(i) for i in range(model.cfg.num_classes)]),
+        "preprocess": dumps_strict({"mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize,
                                   "crop": pre.crop}),
         **(extra or {}),
     }

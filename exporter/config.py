@@ -78,7 +78,8 @@ class ViTConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigError(f'"{name}" must be a finite number, but got {value!r}')
         if not LN_EPS_RANGE[0] <= self.ln_eps <= LN_EPS_RANGE[1]:
-            raise ConfigError(f'"ln_eps" must be in [{LN_EPS_RANGE[0]:g}, {LN_EPS_RANGE[1]:g}], but got {self.ln_eps!r}')
+            raise ConfigError(f'"ln_eps" must be in [{LN_EPS_RANGE[0]:g}, {LN_EPS_RANGE[1]:g}], '
+                              f"but got {self.ln_eps!r}")
         check_choice("slicing", self.slicing, SLICINGS)
         check_choice("keep_rule", self.keep_rule, KEEP_RULES)
         check_choice("token_reducer", self.token_reducer, TOKEN_REDUCERS)

@@ -237,14 +237,12 @@ def load_report(path: str | Path, manifest: dict[str, Any], device_id: str | Non
                 device_name: str | None = None, artifact: str | None = None) -> dict[str, Any]:
     """Read a device report (JSON) or a tool's text output as a validated device report."""
     path = Path(path)
-    if not path.is_file():
-        raise IngestError(f"report {path} does not exist")
-    text = path.read_text(errors="replace")
+    from exporter.gate.files import loads_strict, read_capped
+    from exporter.gate.limits import MAX_TEXT_BYTES
+
+    text = read_capped(path, "report", MAX_TEXT_BYTES, IngestError).decode("utf-8", errors="replace")
     if text.lstrip().startswith(("{", "[")):
-        try:
-            report = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise IngestError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        report = loads_strict(text, f"report {path}", IngestError)  # no NaN, huge ints, deep nesting
         return validate_report(report, str(path))
     if device_id is None:
         raise IngestError(f"{path} is tool output without a device; pass --device-id "

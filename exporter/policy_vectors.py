@@ -244,7 +244,9 @@ def write_vectors(out: str | Path, bundle: str | Path | None = None, reference: 
 
 
 def read_vectors(path: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PolicyError(f"cannot read policy vectors {path}: {e}") from None
+    from exporter.gate.files import read_json
+
+    doc = read_json(path, "policy vectors", error=PolicyError)
+    if not isinstance(doc, dict):
+        raise PolicyError(f"policy vectors {path} must hold a JSON object")
+    return doc

@@ -5,7 +5,6 @@ the one-variant `NonUniformViT` that `slimvit export` takes, and its checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from exporter.config import Subnet, Variant, VariantGrid, ViTConfig
 from exporter.cost import mac_count
 from exporter.errors import ConfigError
 from exporter.extract import variant_state_dict
+from exporter.gate.files import dumps_strict
 from exporter.model import SlimmableViT
 from exporter.static import LayerDims, StaticSpec, StaticViT
 
@@ -176,7 +176,7 @@ def save_searched(model: NonUniformViT, path: str | Path, labels: list[str], pre
     """A slimvit `.safetensors` checkpoint of the searched model, structure in its metadata."""
     from exporter.checkpoint import save_checkpoint
 
-    extra = {STRUCTURE_KEY: json.dumps(model.structure.to_dict()), "budget_macs": str(model.budget)}
+    extra = {STRUCTURE_KEY: dumps_strict(model.structure.to_dict()), "budget_macs": str(model.budget)}
     return save_checkpoint(model, path, labels, pre, extra=extra)  # type: ignore[arg-type]
 
 

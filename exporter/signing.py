@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 
 from exporter.errors import SlimvitError
 from exporter.fileio import atomic_path, atomic_write_bytes, atomic_write_json
+from exporter.gate.files import loads_strict, read_capped, read_json
+from exporter.gate.limits import MAX_BUNDLE_VERSION, MAX_EXPIRY_DAYS, MAX_KEY_BYTES, MAX_MANIFEST_BYTES
 from exporter.manifest import MANIFEST_NAME, validate_manifest
 from exporter.verify import SIGNATURE_NAME, check_bundle, parse_time
 
@@ -54,10 +55,15 @@ def generate_keypair(private_path: str | Path, public_path: str | Path | None = 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private_path = Path(private_path)
-    public_path = Path(public_path) if public_path else private_path.with_suffix(".pub")
+    if not private_path.name or private_path.name in (".", ".."):
+        raise SigningError(f'"{private_path}" names no file; give the key file to create, e.g. release.key')
+    # KEY and KEY.pub (docs/security.md): `keygen release.key` -> release.key, release.key.pub
+    public_path = Path(public_path) if public_path else private_path.with_name(private_path.name + ".pub")
     for p in (private_path, public_path):
-        if p.exists():
+        if os.path.lexists(p):  # a dangling symlink counts: writing through it is still overwriting
             raise SigningError(f"{p} exists; refusing to overwrite a key (choose another path)")
+    if private_path.parent.exists() and not private_path.parent.is_dir():
+        raise SigningError(f"{private_path.parent} is not a directory")
     key = Ed25519PrivateKey.generate()
     phrase = os.environ.get(PASSPHRASE_ENV)
     enc = ser.BestAvailableEncryption(phrase.encode()) if phrase else ser.NoEncryption()
@@ -121,7 +127,10 @@ def parse_expiry(text: str, now: datetime | None = None) -> str:
     """``30d`` / ``12h`` from now, or an ISO 8601 time with a zone -> RFC 3339 UTC string."""
     now = now or datetime.now(UTC)
     unit = {"d": timedelta(days=1), "h": timedelta(hours=1)}.get(text[-1:])
-    if unit is not None and text[:-1].isdigit():
+    if unit is not None and text[:-1].isascii() and text[:-1].isdigit():
+        if len(text) > 12 or int(text[:-1]) * unit > timedelta(days=MAX_EXPIRY_DAYS):
+            raise SigningError(f'expiry "{text[:40]}" is over {MAX_EXPIRY_DAYS} days away; sign again '
+                               f"before then instead")
         when = now + int(text[:-1]) * unit
     else:
         when = parse_time(text)
@@ -129,6 +138,8 @@ def parse_expiry(text: str, now: datetime | None = None) -> str:
             raise SigningError(f'expiry "{text}" must be like "30d", "12h" or "2027-01-31T00:00:00Z"')
     if when <= now:
         raise SigningError(f"expiry {when.isoformat()} is in the past")
+    if when - now > timedelta(days=MAX_EXPIRY_DAYS):
+        raise SigningError(f"expiry {when.isoformat()} is over {MAX_EXPIRY_DAYS} days away")
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -148,10 +159,14 @@ def sign_bundle(bundle: str | Path, key: str | Path, *, expires: str | None = No
     """
     root = Path(bundle)
     private = load_private_key(key)
-    if expires is not None or bundle_version is not None:
-        _update_manifest(root, expires, bundle_version)
+    # Everything is checked before anything is written: the bundle as it is must pass verify
+    # (a tampered bundle is refused with its manifest untouched), then the updated manifest.
     check_bundle(root)
-    data = (root / MANIFEST_NAME).read_bytes()
+    if expires is not None or bundle_version is not None:
+        manifest = _updated_manifest(root, expires, bundle_version)
+        atomic_write_json(root / MANIFEST_NAME, manifest)
+        check_bundle(root)  # the rewritten manifest pins the same artifacts
+    data = read_capped(root / MANIFEST_NAME, "manifest", MAX_MANIFEST_BYTES, SigningError)
     sig = {"format": "slimvit-signature", "version": 1, "algorithm": "ed25519",
            "key_id": key_id(private.public_key()), "manifest_sha256": hashlib.sha256(data).hexdigest(),
            "signature": base64.b64encode(private.sign(signed_message(data))).decode()}
@@ -169,11 +184,12 @@ def signature_problems(root: Path, manifest_bytes: bytes, public_key: Any) -> li
     if path.stat().st_size > MAX_SIGNATURE_BYTES:
         return [f"{SIGNATURE_NAME} is over {MAX_SIGNATURE_BYTES} bytes"]
     try:
-        sig = json.loads(path.read_bytes().decode("utf-8"))
+        sig = loads_strict(read_capped(path, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SigningError), SIGNATURE_NAME,
+                           SigningError)
         if not isinstance(sig, dict):
             raise ValueError("not an object")
         raw = base64.b64decode(sig.get("signature", ""), validate=True)
-    except (ValueError, TypeError, UnicodeDecodeError, RecursionError, binascii.Error) as e:
+    except (SigningError, ValueError, TypeError, UnicodeDecodeError, RecursionError, binascii.Error) as e:
         return [f"{SIGNATURE_NAME} is unreadable ({type(e).__name__})"]
     if sig.get("algorithm") != "ed25519":
         return [f'algorithm "{sig.get("algorithm")}" is not ed25519']
@@ -188,32 +204,31 @@ def signature_problems(root: Path, manifest_bytes: bytes, public_key: Any) -> li
     return problems
 
 
-def _update_manifest(root: Path, expires: str | None, bundle_version: int | None) -> None:
+def _updated_manifest(root: Path, expires: str | None, bundle_version: int | None) -> dict[str, Any]:
+    """The manifest with the new expiry / bundle version, validated; nothing is written."""
     path = root / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
-        raise SigningError(f"{path}: cannot read the manifest ({e})") from None
+    manifest = read_json(path, "manifest", MAX_MANIFEST_BYTES, SigningError)
+    if not isinstance(manifest, dict):
+        raise SigningError(f"{path}: a manifest must be a JSON object")
     if expires is not None:
         manifest["expires"] = parse_expiry(expires)
     if bundle_version is not None:
         old = manifest.get("bundle_version")
+        if isinstance(bundle_version, bool) or not isinstance(bundle_version, int) or \
+                not 0 <= bundle_version <= MAX_BUNDLE_VERSION:
+            raise SigningError(f"--bundle-version must be an integer in [0, {MAX_BUNDLE_VERSION}] (what "
+                               f"JavaScript reads exactly), but got {bundle_version}")
         if isinstance(old, int) and bundle_version < old:
             raise SigningError(f"--bundle-version {bundle_version} is lower than the bundle's {old}; "
                                f"bundle versions only increase")
         manifest["bundle_version"] = bundle_version
     validate_manifest(manifest)
-    atomic_write_json(path, manifest)
+    return manifest
 
 
 def _read_key_file(path: str | Path) -> bytes:
-    path = Path(path)
-    try:
-        if path.stat().st_size > 64 << 10:
-            raise SigningError(f"{path}: over 64 KiB; not a key file")
-        return path.read_bytes()
-    except OSError as e:
-        raise SigningError(f"cannot read key {path}: {e.strerror}") from None
+    # a regular file (no FIFO, no /dev/zero), at most 64 KiB read
+    return read_capped(path, "key", MAX_KEY_BYTES, SigningError)
 
 
 def _decode_raw(text: bytes) -> bytes | None:

@@ -21,13 +21,13 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
            as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
            ) -> None:
     """Check a bundle as an app must before loading it; exit 1 listing every problem."""
-    import json
+    from exporter.gate.files import dumps_strict
 
     from exporter.verify import verify_bundle
 
     report = verify_bundle(bundle, public_key, min_bundle_version=min_bundle_version)
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps_strict(report.to_dict(), indent=2))
     else:
         for w in report.warnings:
             say("warning:", w)

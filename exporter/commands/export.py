@@ -79,7 +79,10 @@ def export(checkpoint: CheckpointArg,
            ) -> None:
     """Export every variant of the grid as validated artifacts plus manifest.json."""
     from exporter.api import export_checkpoint_bundle
+    from exporter.gate.outputs import check_out_dir
 
+    # before any work: never "", "/", the checkpoint, a file, or a non-empty non-bundle directory
+    check_out_dir(out, "bundle", inputs=(checkpoint, policy, calibration if calibration != "builtin" else None))
     loaded = load_checkpoint(checkpoint, checkpoint_format, num_heads, slicing, ema)
     grid = parse_grid(widths, keep_rates, resolutions)
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
@@ -112,8 +115,11 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] =
     import dataclasses
 
     from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
+    from exporter.gate.outputs import check_out_dir
 
-    train = dataclasses.replace(DEMO_TRAIN, epochs=epochs or DEMO_TRAIN.epochs)
+    check_out_dir(out, "demo")
+    # --epochs is honoured as given (the gate refuses 0 and negatives); only None means the default
+    train = dataclasses.replace(DEMO_TRAIN, epochs=DEMO_TRAIN.epochs if epochs is None else epochs)
     n_art = len(DEMO_GRID.subnets(DEMO_MODEL)) * len(DEMO_FORMATS)
     with progress_bars((train.epochs, "train"), (n_art, "export")) as (step, export_step):
         result = run_demo(out, train, progress=export_step, formats=DEMO_FORMATS,

@@ -84,7 +84,10 @@ def report(
             "report.html"),
         ) -> None:
     """Write a self-contained HTML report: variant table, accuracy vs latency/MACs, sizes."""
+    from exporter.gate.outputs import check_out_file
     from exporter.report import write_report
+
+    check_out_file(out, inputs=(bundle,))  # never inside a bundle: not over its manifest, not beside it
 
     result = write_report(bundle, out)
     console.print(f"report: {result.html}")

@@ -23,13 +23,13 @@ def select_variant(
         as_json: Annotated[bool, typer.Option("--json", help='Print {"variant": ID, "reason": TEXT}.')] = False,
         ) -> None:
     """The variant the bundle's policy picks for a device state (docs/policy.md)."""
-    import json
+    from exporter.gate.files import dumps_strict
 
     from exporter.policy_bundle import select
 
     c = select(bundle, thermal, battery, charging, low_power, platform, device)
     if as_json:
-        print(json.dumps({"variant": c.variant, "reason": c.reason}))
+        print(dumps_strict({"variant": c.variant, "reason": c.reason}))
     else:
         print(f"{c.variant}  (tier {c.tier}, rule {c.rule}: {c.reason})")
 
@@ -45,7 +45,10 @@ def simulate(
         fps: Annotated[float, typer.Option("--fps", help="Inferences per second (energy proxy).")] = 10.0,
         ) -> None:
     """Replay a device trace through the bundle's policy; write summary.json and a timeline plot."""
+    from exporter.gate.outputs import check_out_dir
     from exporter.simulate import simulate_bundle
+
+    check_out_dir(out, "simulate", inputs=(bundle, trace))
 
     s = simulate_bundle(bundle, trace, out, platform, device, fps)
     run, best, cheap = s["policy"], s["always_best"], s["always_cheapest"]
@@ -70,7 +73,10 @@ def policy_vectors(
             "--reference", help="Reference policy without --bundle: default or custom.")] = "default",
         ) -> None:
     """Generate conformance vectors from the reference engine."""
+    from exporter.gate.outputs import check_out_file
     from exporter.policy_vectors import write_vectors
+
+    check_out_file(out, inputs=(bundle,))
 
     doc = write_vectors(out, bundle, reference)
     steps = sum(len(c["steps"]) for c in doc["cases"])

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from exporter.commands.common import app, console, out_console
+from exporter.commands.common import app, console, out_console, say
 
 
 @app.command()
@@ -32,6 +32,10 @@ def train(
         "--token-reducer", help="topk, or tsm (SiT's Token Slimming Module; with --recipe sit).")] = None,
 ) -> None:
     """Train one slimmable ViT whose every variant works (or, with --separate, one per width)."""
+    if out is not None:
+        from exporter.gate.outputs import check_out_dir
+
+        check_out_dir(out, "train", inputs=(config, teacher, dataset if dataset not in (None, "digits") else None))
     from exporter.config import parse_floats, parse_ints
 
     if recipe == "sit" or token_reducer is not None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from exporter.errors import ConfigError, ValidationError, check_choice
 from exporter.formats.base import ExportFormat, converter_error, quiet
+from exporter.gate.files import dumps_strict
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -141,7 +142,7 @@ def save_package(mlmodel: Any, path: Path) -> None:
         ids[old] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"slimvit:{item['path']}:{digest}")).upper()
     doc["itemInfoEntries"] = {ids[k]: v for k, v in doc["itemInfoEntries"].items()}
     doc["rootModelIdentifier"] = ids[doc["rootModelIdentifier"]]
-    manifest.write_text(json.dumps(doc, indent=4, sort_keys=True) + "\n")
+    manifest.write_text(dumps_strict(doc, indent=4, sort_keys=True) + "\n")
 
 
 @dataclass(frozen=True)

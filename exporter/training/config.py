@@ -5,7 +5,6 @@ checkpoint so a run can be repeated or resumed."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 
 from exporter.config import VariantGrid, ViTConfig
 from exporter.errors import ConfigError, did_you_mean
-from exporter.gate.files import check_plain, read_text_capped
+from exporter.gate.files import check_plain, dumps_strict, read_text_capped
 from exporter.gate.limits import MAX_JSON_BYTES
 
 # The small ViT every built-in run starts from (8x8 digit scans upsampled to 32 px; a 24 px
@@ -189,4 +188,4 @@ def config_yaml(cfg: TrainConfig, extra: Mapping[str, Any] | None = None) -> str
 
 
 def config_json(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)
+    return dumps_strict(cfg.to_dict(), sort_keys=True)

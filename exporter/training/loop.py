@@ -22,6 +22,7 @@ from exporter.checkpoint import load_model, save_checkpoint, weights_digest
 from exporter.config import Subnet, ViTConfig
 from exporter.errors import ConfigError, SlimvitError
 from exporter.fileio import atomic_write_json, atomic_write_text
+from exporter.gate.files import dumps_strict
 from exporter.model import SlimmableViT
 from exporter.training import ddp
 from exporter.training.config import TrainConfig, config_yaml
@@ -203,7 +204,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | 
         history = read_history(out, start) if out else []
     if out is not None and d.is_main:
         atomic_write_text(out / CONFIG_FILE, config_yaml(cfg, {"resolved_model": run.model_cfg.to_dict()}))
-        atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
+        atomic_write_text(out / LOG_FILE, "".join(dumps_strict(r) + "\n" for r in history))
     images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
     n, B = len(data.train), min(cfg.batch_size, len(data.train))
     steps = math.ceil(n / B)
@@ -262,7 +263,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | 
                 save_state(out / STATE_FILE, TrainState(model.state_dict(), opt.state_dict(), ema, epoch + 1,
                                                         step, run.model_cfg.to_dict(), cfg.to_dict()))
                 with open(out / LOG_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(dumps_strict(record) + "\n")
             if progress:
                 progress({"event": "epoch", **record})
     return finish(run, model, ema, history, time.time() - t_start)
