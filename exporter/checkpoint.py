@@ -269,5 +269,9 @@ def load_model(path: str | Path, checkpoint_format: str = "auto",
                               f"(hydravit, scala, timm, supervit), but this is a slimvit checkpoint; "
                               f"leave out --ema")
     loaded = LOADERS[fmt](path, **options)
+    heads = options.get("num_heads")
+    if fmt == FORMAT_TAG and heads is not None and heads != loaded.model.cfg.num_heads:
+        raise CheckpointError(f"{path}: --num-heads {heads}, but this slimvit checkpoint states "
+                              f"{loaded.model.cfg.num_heads} heads in its metadata; leave out --num-heads")
     warn_nonfinite(loaded.model.state_dict(), warn or (lambda m: warnings.warn(m, stacklevel=2)))
     return loaded

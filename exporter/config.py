@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exporter.errors import ConfigError, check_choice, did_you_mean
-from exporter.gate.limits import LN_EPS_RANGE
+from exporter.gate.limits import LN_EPS_RANGE, MAX_IMG_SIZE
 
 SLICINGS = ("heads", "ratio")
 KEEP_RULES = ("supervit", "evit")
@@ -174,8 +174,9 @@ class Variant:
             raise ConfigError(f'width ratio must be in (0, 1], but got {self.width}')
         if not 0 < self.keep_rate <= 1:
             raise ConfigError(f"keep rate must be in (0, 1], but got {self.keep_rate}")
-        if self.resolution is not None and self.resolution <= 0:
-            raise ConfigError(f"resolution must be positive, but got {self.resolution}")
+        if self.resolution is not None and not 0 < self.resolution <= MAX_IMG_SIZE:
+            raise ConfigError(f"resolution must be in 1..{MAX_IMG_SIZE} px (what a phone runs), but got "
+                              f"{self.resolution}")
 
 
 @dataclass(frozen=True)

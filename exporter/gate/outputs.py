@@ -76,7 +76,7 @@ def check_out_dir(out: str | os.PathLike[str], kind: str, inputs: Iterable[str |
         entries = [e for e in os.listdir(path)]
     except OSError as e:
         raise error(f"cannot list {flag} {raw}: {e.strerror}") from None
-    if not entries or any(path.glob(m) for m in MARKERS[kind]):
+    if not entries or any(next(path.glob(m), None) is not None for m in MARKERS[kind]):
         return path
     raise error(f"{flag} {raw} is a directory that is neither empty nor {WHAT[kind]} "
                 f"({len(entries)} entries such as {sorted(entries)[0]!r}); name a new directory")
