@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.checkpoint import save_checkpoint
-from tests.cli_runner import assert_user_error, run_cli, snapshot
+from tests.cli_runner import Hang, assert_user_error, run_cli, snapshot
 from tests.conftest import tiny_model
 from tests.test_verify import build_real_bundle
 
@@ -43,10 +43,19 @@ bad_int = st.one_of(st.sampled_from(BAD_INTS), st.integers(2**40, 2**80).map(str
 markup = st.one_of(st.sampled_from(MARKUP), st.text(alphabet="[]/ab:=\\", min_size=1, max_size=12))
 
 TRIED: dict[str, int] = {}
+# SLIMVIT_FUZZ_TALLY=1: record every failure by kind instead of stopping at the first one (to
+# count what a code base gets wrong; docs/bad-inputs.md quotes the count for the code before the gate).
+TALLY = os.environ.get("SLIMVIT_FUZZ_TALLY") == "1"
+FOUND: dict[str, dict[str, int]] = {}
 
 
 def tried(command: str) -> None:
     TRIED[command] = TRIED.get(command, 0) + 1
+
+
+def found(command: str, kind: str) -> None:
+    FOUND.setdefault(command, {}).setdefault(kind, 0)
+    FOUND[command][kind] += 1
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +88,29 @@ def sandbox(tmp_path_factory) -> Path:
 def check(sandbox: Path, args: list[str], outputs: tuple[str, ...] = (), codes: tuple[int, ...] = (2,),
           allow_ok: bool = False) -> None:
     """Run ``args`` in the sandbox: a user error, and nothing outside ``outputs`` changed."""
-    tried(args[0] if args[0] != "policy" else f"policy {args[1]}")
+    command = args[0] if args[0] != "policy" else f"policy {args[1]}"
+    tried(command)
     skip = tuple(sandbox / o for o in outputs if o)
     before = snapshot(sandbox, skip)
-    o = run_cli(*args)
-    assert_user_error(o, codes, allow_ok)
-    assert snapshot(sandbox, skip) == before, f"{args} changed files outside its output"
+    try:
+        o = run_cli(*args, timeout=30)
+    except Hang:
+        if not TALLY:
+            raise
+        return found(command, "hang")
+    try:
+        assert_user_error(o, codes, allow_ok)
+        assert snapshot(sandbox, skip) == before, f"{args} changed files outside its output"
+    except AssertionError:
+        if not TALLY:
+            raise
+        kind = ("traceback" if o.code is None or "Traceback" in o.err
+                else "wrote outside its output" if snapshot(sandbox, skip) != before
+                else "exit 0 (silently accepted)" if o.code == 0 else "not one error line / wrong code")
+        found(command, kind)
+        for extra in set(snapshot(sandbox, skip)) - set(before):  # undo, so later inputs see the same sandbox
+            p = sandbox / extra
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 # --- commands that read a bundle -------------------------------------------------------------
@@ -109,7 +135,8 @@ def test_verify(sandbox, bundle, key, version):
 
 @CLI_FUZZ
 @given(key=st.one_of(odd_path, st.just("key.pub")), expires=st.one_of(
-    st.none(), st.sampled_from(["3000000d", "99999999999999999999d", "nan", "[/x]", "-5d", "0d", "9999-01-01T00:00:00Z"])),
+    st.none(), st.sampled_from(["3000000d", "99999999999999999999d", "nan", "[/x]", "-5d", "0d",
+                                "9999-01-01T00:00:00Z"])),
     version=st.one_of(st.none(), bad_int))
 def test_sign_refuses_and_leaves_the_bundle_as_it_was(sandbox, key, expires, version):
     args = ["sign", "bundle", "--key", key]
@@ -134,10 +161,16 @@ def test_sign_refuses_a_manifest_verify_refuses(sandbox, tmp_path, bad, key):
     before = (b / "manifest.json").read_bytes()
     tried("sign")
     o = run_cli("sign", str(b), "--key", str(sandbox / key), "--expires", "1d", "--bundle-version", "7")
-    assert_user_error(o)
-    assert (b / "manifest.json").read_bytes() == before and not (b / "manifest.sig").exists()
     tried("verify")
-    assert_user_error(run_cli("verify", str(b)), codes=(1,))
+    v = run_cli("verify", str(b))
+    try:
+        assert_user_error(o)
+        assert (b / "manifest.json").read_bytes() == before and not (b / "manifest.sig").exists()
+        assert_user_error(v, codes=(1,))
+    except AssertionError:
+        if not TALLY:
+            raise
+        found("sign", "signed or rewrote a manifest verify must refuse" if o.code == 0 else "traceback")
 
 
 @CLI_FUZZ
@@ -242,3 +275,5 @@ def test_zz_report_counts(capsys):
     with capsys.disabled():
         print("\nCLI fuzz inputs per command:", json.dumps(dict(sorted(TRIED.items()))),
               "total", sum(TRIED.values()))
+        if TALLY:
+            print("failures by command and kind:", json.dumps(FOUND, sort_keys=True))
