@@ -14,6 +14,7 @@ in ``artifact.latency`` and ``devices``; the ``pareto`` section is recomputed.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -240,6 +241,8 @@ def load_report(path: str | Path, manifest: dict[str, Any], device_id: str | Non
     from exporter.gate.files import loads_strict, read_capped
     from exporter.gate.limits import MAX_TEXT_BYTES
 
+    if not os.path.lexists(path):
+        raise IngestError(f"report {path} does not exist")
     text = read_capped(path, "report", MAX_TEXT_BYTES, IngestError).decode("utf-8", errors="replace")
     if text.lstrip().startswith(("{", "[")):
         report = loads_strict(text, f"report {path}", IngestError)  # no NaN, huge ints, deep nesting

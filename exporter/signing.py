@@ -228,6 +228,8 @@ def _updated_manifest(root: Path, expires: str | None, bundle_version: int | Non
 
 def _read_key_file(path: str | Path) -> bytes:
     # a regular file (no FIFO, no /dev/zero), at most 64 KiB read
+    if not os.path.lexists(path):
+        raise SigningError(f"cannot read key {path}: no such file")
     return read_capped(path, "key", MAX_KEY_BYTES, SigningError)
 
 

@@ -132,7 +132,7 @@ def loads_strict(data: bytes | str, what: str, error: type[SlimvitError] = Input
     except RecursionError:  # the C parser's own depth guard, far past max_depth
         raise error(deep) from None
     except json.JSONDecodeError as e:
-        raise error(f"{what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise error(f"{what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except ValueError as e:
         raise error(f"{what} is not strict JSON ({str(e)[:200]})") from None
     if json_depth(doc) > max_depth:
