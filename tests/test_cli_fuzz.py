@@ -34,6 +34,8 @@ BAD_INTS = ["-1", "-5", str(2**64), str(-2**64), "1" + "0" * 5000, "0x10", "1.5"
 MARKUP = ["[/x]", "[/]", "[red]x", "[bold]a[/bold]", "[link=file:///etc/passwd]x[/link]", ":warning:",
           "[/x]\n[/y]", "\x1b[31mred", "a" * 5000]
 
+if os.environ.get("SLIMVIT_FUZZ_NO_ROOT") == "1":  # tallying code that may write into "/" (pre-gate)
+    ODD_PATHS.remove("/")
 odd_path = st.sampled_from(ODD_PATHS)
 # As an output: every odd path except the one that is simply new.
 odd_out = st.sampled_from([p for p in ODD_PATHS if p != "missing/x.json"])
@@ -93,7 +95,7 @@ def check(sandbox: Path, args: list[str], outputs: tuple[str, ...] = (), codes: 
     skip = tuple(sandbox / o for o in outputs if o)
     before = snapshot(sandbox, skip)
     try:
-        o = run_cli(*args, timeout=30)
+        o = run_cli(*args, timeout=20 if TALLY else 30)
     except Hang:
         if not TALLY:
             raise
@@ -196,8 +198,9 @@ def test_ingest(sandbox, report, device):
 
 
 @CLI_FUZZ
-@given(out=st.sampled_from(["", "/", ".", "..", "dir", "fifo", "/dev/zero", "bundle", "bundle/manifest.json",
-                            "bundle/report.html", "bundle/onnx/r.html", "dir/../bundle/x.html"]))
+@given(out=st.sampled_from([p for p in ["", "/", ".", "..", "dir", "fifo", "/dev/zero", "bundle", "bundle/manifest.json",
+                                         "bundle/report.html", "bundle/onnx/r.html", "dir/../bundle/x.html"]
+                            if p != "/" or "/" in ODD_PATHS]))
 def test_report_never_writes_inside_a_bundle(sandbox, out):
     check(sandbox, ["report", "bundle", "--out", out])
 

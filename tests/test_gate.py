@@ -222,20 +222,24 @@ def test_5_keygen_names_key_pub_and_never_overwrites(tmp_path):
     assert b"PRIVATE" in (tmp_path / "k2.pub").read_bytes() and (tmp_path / "k2.pub.pub").is_file()
 
 
-def test_5_a_failed_export_leaves_no_staging_directory(ckpt, tmp_path):
-    o = run_cli("export", str(ckpt), "--out", str(tmp_path / "b"), "--widths", "1.0", "--keep-rates", "1.0",
-                "--formats", "onnx", "--policy", str(tmp_path / "missing.yaml"))
-    assert_user_error(o)
-    from exporter.bundle import export_bundle
+def test_5_a_failed_export_leaves_no_staging_directory(ckpt, tmp_path, monkeypatch):
+    import exporter.bundle as bundle_module
     from exporter.config import VariantGrid
+    from exporter.errors import ExportError
 
     loaded = load_model(ckpt)
-    with pytest.raises(SlimvitError):  # fails inside the staged export (an unknown eval set class count)
-        from calibration.data import ImageSet
+    real = bundle_module.export_variant
 
-        bad_eval = ImageSet("x", np.zeros((1, 3, 32, 32), np.float32), np.zeros(1, np.int64), ["a", "b"])
-        export_bundle(loaded, VariantGrid((1.0,), (1.0,)), tmp_path / "b", eval_set=bad_eval)
+    def fail_second(*args, **kwargs):  # the first artifact is written into staging, the next fails
+        if list((tmp_path).glob(".b.staging-*/onnx/*")):
+            raise ExportError("the converter failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bundle_module, "export_variant", fail_second)
+    with pytest.raises(ExportError):
+        bundle_module.export_bundle(loaded, VariantGrid((1.0, 0.5), (1.0,)), tmp_path / "b")
     assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
+    assert not (tmp_path / "b").exists()
 
 
 # --- 6. types are checked, not coerced -----------------------------------------------------------
