@@ -81,10 +81,12 @@ def _write_sample(manifest: dict, out: Path, sample: str | Path | None) -> None:
     from exporter.fileio import atomic_path
 
     if sample is not None:
-        if not Path(sample).is_file():
-            raise ConfigError(f"sample image not found: {sample}")
+        from exporter.gate.files import read_capped
+        from exporter.gate.limits import MAX_JSON_BYTES
+
+        data = read_capped(sample, "sample image", MAX_JSON_BYTES, ConfigError)  # no FIFO, no device
         with atomic_path(out) as tmp:
-            shutil.copyfile(sample, tmp)
+            tmp.write_bytes(data)
         return
     if manifest["labels"] != [str(i) for i in range(10)]:
         return
