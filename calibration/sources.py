@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 from calibration.data import DIGITS_LABELS, Preprocess, digits
 from exporter.errors import SlimvitError
+from exporter.gate.arrays import members_of, read_npz
+from exporter.gate.files import regular_file
+from exporter.gate.images import image_errors, pillow
 
 Warn = Callable[[str], None]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -98,8 +101,6 @@ def load_calibration(source: str | Path, pre: Preprocess, samples: int = DEFAULT
     else:
         path = Path(source).expanduser()
         if path.exists() and not path.is_dir():
-            from exporter.gate.files import regular_file
-
             regular_file(path, "calibration source", CalibrationError)  # no FIFO or device
         if not path.exists():
             raise CalibrationError(f"calibration source {path} does not exist; give 'builtin', a "
@@ -151,8 +152,6 @@ def _read_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from exporter.gate.images import image_errors, pillow
-
     try:
         with pillow().open(path) as im:
             rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
@@ -162,8 +161,6 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _read_npz(path: Path, pre: Preprocess, warn: Warn | None) -> tuple[np.ndarray, np.ndarray | None]:
-    from exporter.gate.arrays import members_of, read_npz
-
     # only x and y are read, each checked by its .npy header first (shape, dtype, sizes)
     arrays = read_npz(path, ("x", "y"), "calibration set", CalibrationError)
     if "x" not in arrays:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from exporter.errors import ConfigError, check_choice, did_you_mean
 from exporter.gate.limits import LN_EPS_RANGE, MAX_IMG_SIZE
+from exporter.gate.models import model_config_dict
 
 SLICINGS = ("heads", "ratio")
 KEEP_RULES = ("supervit", "evit")
@@ -156,7 +157,6 @@ class ViTConfig:
             k = unknown[0]
             raise ConfigError(f'unknown model config key "{k}"{did_you_mean(k, valid)}; '
                               f"valid keys: {', '.join(valid)}")
-        from exporter.gate.models import model_config_dict
 
         return cls(**model_config_dict(d, "model config", ConfigError))
 

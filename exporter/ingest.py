@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import SlimvitError
+from exporter.gate.files import loads_strict, read_capped
+from exporter.gate.limits import MAX_TEXT_BYTES
 from exporter.manifest import read_manifest, write_manifest
 from exporter.pareto import bundle_fronts
 from exporter.policy_bundle import refresh_bundle_policy
@@ -238,8 +240,6 @@ def load_report(path: str | Path, manifest: dict[str, Any], device_id: str | Non
                 device_name: str | None = None, artifact: str | None = None) -> dict[str, Any]:
     """Read a device report (JSON) or a tool's text output as a validated device report."""
     path = Path(path)
-    from exporter.gate.files import loads_strict, read_capped
-    from exporter.gate.limits import MAX_TEXT_BYTES
 
     if not os.path.lexists(path):
         raise IngestError(f"report {path} does not exist")

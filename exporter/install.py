@@ -8,6 +8,8 @@ from pathlib import Path
 
 from exporter.errors import ConfigError, check_choice
 from exporter.fileio import atomic_dir
+from exporter.gate.files import read_capped
+from exporter.gate.limits import MAX_JSON_BYTES
 from exporter.manifest import MANIFEST_NAME, SCHEMA_NAME, read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,9 +83,6 @@ def _write_sample(manifest: dict, out: Path, sample: str | Path | None) -> None:
     from exporter.fileio import atomic_path
 
     if sample is not None:
-        from exporter.gate.files import read_capped
-        from exporter.gate.limits import MAX_JSON_BYTES
-
         data = read_capped(sample, "sample image", MAX_JSON_BYTES, ConfigError)  # no FIFO, no device
         with atomic_path(out) as tmp:
             tmp.write_bytes(data)

@@ -10,6 +10,8 @@ from typing import Any
 
 from exporter.errors import SlimvitError
 from exporter.fileio import atomic_write_json
+from exporter.gate.files import read_json
+from exporter.gate.limits import MAX_MANIFEST_BYTES
 
 SCHEMA_VERSION = "1.0"
 MANIFEST_NAME = "manifest.json"
@@ -57,8 +59,6 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         path = path / MANIFEST_NAME
     if not path.exists():
         raise ManifestError(f"no manifest at {path}; is this a slimvit bundle directory?")
-    from exporter.gate.files import read_json
-    from exporter.gate.limits import MAX_MANIFEST_BYTES
 
     # a regular file under the cap, strict JSON (no NaN, no 5000-digit integers, no deep nesting)
     manifest = read_json(path, "manifest", MAX_MANIFEST_BYTES, ManifestError)

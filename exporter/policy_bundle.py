@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import did_you_mean
+from exporter.gate.files import check_plain, loads_strict, read_capped
+from exporter.gate.limits import MAX_JSON_BYTES
 from exporter.pareto import pareto_front
 from exporter.policy import PLATFORM_THERMAL, THERMAL_SCALE, Choice, DeviceState, Policy, PolicyError, decide
 
@@ -146,8 +148,6 @@ def check_policy(policy: Mapping[str, Any], manifest: Mapping[str, Any] | None =
 def read_policy_file(path: str | Path) -> dict[str, Any]:
     """A user's policy file (JSON, or YAML by suffix .yaml/.yml)."""
     path = Path(path)
-    from exporter.gate.files import check_plain, loads_strict, read_capped
-    from exporter.gate.limits import MAX_JSON_BYTES
 
     # bad bytes become a clear parse error below
     text = read_capped(path, "policy file", MAX_JSON_BYTES, PolicyError).decode("utf-8", errors="replace")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from exporter.gate.files import read_json
 from exporter.policy import RULES, Choice, DeviceState, Policy, PolicyError, decide, t_ms
 
 FORMAT = "slimvit-policy-vectors"
@@ -244,8 +245,6 @@ def write_vectors(out: str | Path, bundle: str | Path | None = None, reference: 
 
 
 def read_vectors(path: str | Path) -> dict[str, Any]:
-    from exporter.gate.files import read_json
-
     doc = read_json(path, "policy vectors", error=PolicyError)
     if not isinstance(doc, dict):
         raise PolicyError(f"policy vectors {path} must hold a JSON object")

@@ -18,7 +18,8 @@ from exporter.config import Subnet, Variant, VariantGrid, ViTConfig
 from exporter.cost import mac_count
 from exporter.errors import ConfigError
 from exporter.extract import variant_state_dict
-from exporter.gate.files import dumps_strict
+from exporter.gate.files import dumps_strict, loads_strict
+from exporter.gate.models import structure_dict
 from exporter.model import SlimmableViT
 from exporter.static import LayerDims, StaticSpec, StaticViT
 
@@ -186,8 +187,6 @@ def load_searched(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) 
     from exporter.checkpoint import LoadedModel, load_tensors
     from exporter.checkpoint import _check_size, read_metadata
     from exporter.errors import CheckpointError
-    from exporter.gate.files import loads_strict
-    from exporter.gate.models import structure_dict
 
     try:
         cfg, labels, preprocess = read_metadata(meta)

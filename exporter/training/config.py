@@ -15,6 +15,7 @@ from exporter.config import VariantGrid, ViTConfig
 from exporter.errors import ConfigError, did_you_mean
 from exporter.gate.files import check_plain, dumps_strict, read_text_capped
 from exporter.gate.limits import MAX_JSON_BYTES
+from exporter.gate.models import TrainNumbersIn, validate
 
 # The small ViT every built-in run starts from (8x8 digit scans upsampled to 32 px; a 24 px
 # variant runs on 9 instead of 16 patches). ``model:`` keys in a config file override it.
@@ -71,8 +72,6 @@ class TrainConfig:
     model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from exporter.gate.models import TrainNumbersIn, validate
-
         # strict types, finite numbers, bounds (exporter/gate/limits.py); the checks below say more
         validate(TrainNumbersIn, {k: getattr(self, k) for k in TrainNumbersIn.model_fields},
                  "training config", ConfigError)

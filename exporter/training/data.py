@@ -12,6 +12,7 @@ import torch
 
 from calibration.data import ImageSet, digits
 from exporter.errors import SlimvitError, did_you_mean
+from exporter.gate.images import image_errors, pillow
 
 BUILTIN = ("digits",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -113,7 +114,6 @@ def class_folders(root: Path) -> list[str]:
 def read_images(root: Path, classes: list[str], size: int) -> tuple[ImageSet, list[str]]:
     """Read every image under ``root/<class>/`` as RGB in [0, 1]; mixed modes and sizes are
     converted (and counted in the notes), unreadable files are an error listing them."""
-    from exporter.gate.images import image_errors, pillow
 
     Image = pillow()
     files = [(c, p) for c, name in enumerate(classes) for p in sorted((root / name).rglob("*"))
