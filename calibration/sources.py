@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 from calibration.data import Preprocess, digits
 from exporter.errors import SlimvitError
+from exporter.gate.arrays import members_of, read_npz
+from exporter.gate.files import regular_file
+from exporter.gate.images import image_errors, pillow
 
 Warn = Callable[[str], None]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -97,6 +100,8 @@ def load_calibration(source: str | Path, pre: Preprocess, samples: int = DEFAULT
         images, labels, normalized = data.images, data.labels, False
     else:
         path = Path(source).expanduser()
+        if path.exists() and not path.is_dir():
+            regular_file(path, "calibration source", CalibrationError)  # no FIFO or device
         if not path.exists():
             raise CalibrationError(f"calibration source {path} does not exist; give 'builtin', a "
                                    "directory of images or an .npz file with 'x'")
@@ -143,24 +148,19 @@ def _read_folder(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as im:
+        with pillow().open(path) as im:
             rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
-    except (UnidentifiedImageError, OSError) as e:
+    except image_errors() as e:  # DecompressionBombError: refused before decoding
         raise CalibrationError(f"cannot read calibration image {path}: {e}") from None
     return rgb.transpose(2, 0, 1)
 
 
 def _read_npz(path: Path, pre: Preprocess, warn: Warn | None) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"cannot read {path} as .npz: {e}") from None
+    # only x and y are read, each checked by its .npy header first (shape, dtype, sizes)
+    arrays = read_npz(path, ("x", "y"), "calibration set", CalibrationError)
     if "x" not in arrays:
-        raise CalibrationError(f"{path} has no array 'x' (found: {', '.join(arrays) or 'none'}); "
+        raise CalibrationError(f"{path} has no array 'x' (found: {', '.join(members_of(path)) or 'none'}); "
                                "save the normalized inputs as np.savez(path, x=x, y=labels)")
     x = arrays["x"]
     channels = len(pre.mean)
@@ -170,9 +170,8 @@ def _read_npz(path: Path, pre: Preprocess, warn: Warn | None) -> tuple[np.ndarra
                                f"{hint}")
     if len(x) == 0:
         raise CalibrationError(f"'x' in {path} holds no samples")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise CalibrationError(f"'x' in {path} must be finite numbers, got dtype {x.dtype} "
-                               "with non-finite values")
+    if not np.isfinite(x).all():  # the dtype is numeric: the gate checked the header
+        raise CalibrationError(f"'x' in {path} holds NaN or Inf; calibration inputs must be finite")
     _check_range(x.astype(np.float32), pre, path, warn)
     y = arrays.get("y")
     if y is not None and (y.ndim != 1 or len(y) != len(x)):

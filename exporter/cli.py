@@ -20,14 +20,22 @@ import exporter.commands.measure  # noqa: F401  profile, ingest, report
 import exporter.commands.policy  # noqa: F401  select, simulate, policy *
 import exporter.commands.search  # noqa: F401  search
 import exporter.commands.train  # noqa: F401  train
-from exporter.commands.common import app, console
+from exporter.commands.common import app, console, say
 from exporter.errors import SlimvitError
+from exporter.gate.cli import gate_app
+
+gate_app(app)  # every int/float flag is bounded and finite before a command runs
 
 # typer >= 0.24 vendors click: catch both its exception classes and click's own.
 _CLICK_ERRORS = tuple({c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"}
                       | {click.exceptions.ClickException})
 _EXITS = (typer.Exit, click.exceptions.Exit)
 _ABORTS = (typer.Abort, click.exceptions.Abort, KeyboardInterrupt)
+
+
+def one_line(text: str) -> str:
+    """A message on one line: inner newlines become "; " (a message is never a block)."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 def main() -> None:
@@ -38,11 +46,16 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except SlimvitError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        say("error:", one_line(str(e)), "red")
         sys.exit(2)
-    except _CLICK_ERRORS as e:
-        e.show()
+    except _CLICK_ERRORS as e:  # a usage error: one line, like every other user error
+        hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
+        say("error:", one_line(e.format_message()) + hint, "red")
         sys.exit(e.exit_code)
+    except OSError as e:  # disk full, permission denied on --out ...: the user's to fix
+        where = f" {e.filename}" if e.filename else ""
+        say("error:", one_line(f"cannot read or write{where}: {e.strerror or e}"), "red")
+        sys.exit(2)
     except _ABORTS:
         console.print("aborted")
         sys.exit(130)

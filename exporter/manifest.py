@@ -11,6 +11,8 @@ from typing import Any
 
 from exporter.errors import SlimvitError
 from exporter.fileio import atomic_write_json
+from exporter.gate.files import read_json
+from exporter.gate.limits import MAX_MANIFEST_BYTES
 
 SCHEMA_VERSION = "1.0"
 MANIFEST_NAME = "manifest.json"
@@ -64,12 +66,11 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
     path = Path(bundle)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    if not path.is_file():
+    if not path.exists():
         raise ManifestError(f"no manifest at {path}; is this a slimvit bundle directory?")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path} is not valid JSON ({e})") from None
+
+    # a regular file under the cap, strict JSON (no NaN, no 5000-digit integers, no deep nesting)
+    manifest = read_json(path, "manifest", MAX_MANIFEST_BYTES, ManifestError)
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: a manifest must be a JSON object")
     validate_manifest(manifest)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.checkpoints.load import save_checkpoint
+from exporter.checkpoints import save_checkpoint
 from exporter.nn.config import VariantGrid, ViTConfig
 from exporter.nn.grid_notes import width_notes
 from tests.conftest import tiny_model

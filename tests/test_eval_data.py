@@ -10,7 +10,7 @@ from calibration.data import Preprocess, digits
 from calibration.eval_sets import load_eval_set
 from calibration.sources import CalibrationError
 from exporter.bundle.plain_warnings import accuracy_collapse_warning, plain_checkpoint_warning
-from exporter.checkpoints.load import LoadedModel
+from exporter.checkpoints import LoadedModel
 from exporter.nn.config import VariantGrid
 from tests.conftest import tiny_model
 

@@ -99,12 +99,12 @@ def expiry_without_zone(b):
 
 def manifest_not_json(b):
     (b / "manifest.json").write_bytes(b'{"schema_version": "1.0", ')
-    return "not valid UTF-8 JSON"
+    return "is not valid JSON"
 
 
 def manifest_nested(b):
     (b / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
-    return "RecursionError"
+    return "nests arrays/objects deeper than 64 levels"
 
 
 def manifest_not_object(b):

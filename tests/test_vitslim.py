@@ -87,10 +87,11 @@ def test_search_cli_writes_a_checkpoint_that_exports_through_every_format(tmp_pa
     source = tmp_path / "tiny.safetensors"
     save_checkpoint(tiny_model(), source)
     r = subprocess.run([sys.executable, "-m", "exporter.cli", "search", str(source), "--budget-macs", "0.6",
-                        "--out", str(tmp_path), "--limit", "96", "--search-epochs", "1", "--finetune-epochs", "1"],
+                        "--out", str(tmp_path / "out"), "--limit", "96", "--search-epochs", "1",
+                        "--finetune-epochs", "1"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    ckpt = tmp_path / "tiny_slim.safetensors"
+    ckpt = tmp_path / "out" / "tiny_slim.safetensors"  # --out: a new directory, not the input's
     assert "held-out top-1" in r.stderr and "layer" in r.stdout
     loaded = load_model(ckpt)
     model = loaded.model

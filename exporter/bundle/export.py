@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from exporter.convert.quantize import QuantizeOptions, for_variant
 from exporter.convert.validate import check_artifact, validate_artifact
 from exporter.errors import ConfigError, SlimvitError
 from exporter.fileio import atomic_dir, atomic_path, sha256_file, sha256_tree, tree_bytes
+from exporter.gate.files import dumps_strict
+from exporter.gate.outputs import check_out_dir
 from exporter.manifest import SCHEMA_VERSION, tool_version, write_manifest
 from exporter.nn.config import Subnet, VariantGrid
 from exporter.nn.cost import mac_count, param_count
@@ -72,13 +75,12 @@ def variant_entry(loaded: LoadedModel, s: Subnet) -> dict[str, Any]:
 
 
 def artifact_metadata(loaded: LoadedModel, s: Subnet, layout: str = "NCHW") -> dict[str, str]:
-    import json
 
     pre = loaded.preprocess
     return {
         "slimvit.variant_id": s.id, "slimvit.manifest_schema": SCHEMA_VERSION,
-        "slimvit.labels": json.dumps(loaded.labels), "slimvit.mean": json.dumps(list(pre.mean)),
-        "slimvit.std": json.dumps(list(pre.std)), "slimvit.layout": layout,
+        "slimvit.labels": dumps_strict(loaded.labels), "slimvit.mean": dumps_strict(list(pre.mean)),
+        "slimvit.std": dumps_strict(list(pre.std)), "slimvit.layout": layout,
         "slimvit.model": loaded.name, "slimvit.version": tool_version(),
     }
 
@@ -174,7 +176,7 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         ExportError: a converter cannot handle a variant (names the variant and the op).
         IncompleteBundleError: with ``keep_going``, after writing the bundle without the failures.
     """
-    final = Path(out)
+    final = check_out_dir(out, "bundle")  # before any work: never "", "/", a file, inside a bundle
     fmts = [get_format(f, **_format_options(f, nhwc, format_options)) for f in dict.fromkeys(formats)]
     policy = user_policy(policy)  # a bad policy file fails before any export work
     subnets = loaded.model.subnets(grid)
@@ -188,65 +190,69 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
     cache_limit = cache_max_bytes()  # a bad $SLIMVIT_CACHE_MAX_MB fails before any work
     cache = ArtifactCache(cache_dir or default_cache_dir(final), resume)
     out = stage_bundle(final)  # everything below writes here; `final` changes only at the end
-    for s in subnets:
-        entry = variant_entry(loaded, s)
-        real = None
-        if eval_set is not None:
-            real = loaded.preprocess(eval_set.images, s.resolution).numpy()
-        quant = None if quantize is None else for_variant(
-            quantize, loaded.preprocess, s.resolution, SubnetForward(model, s), real,
-            None if eval_set is None else eval_set.labels, "" if eval_set is None else eval_set.name)
-        for fmt in fmts:
-            if progress:
-                progress(f"{s.id} {fmt.name}")
-            try:
-                art = export_variant(loaded, s, fmt, out, real, cache)
-            except SlimvitError as e:
-                if not keep_going:
-                    raise
-                failures.append((s.id, fmt.name, str(e)))
-                continue
-            if eval_set is not None and fmt.can_run:
-                acc = evaluate_artifact(fmt, out / art["path"], SubnetForward(model, s), real,
-                                        eval_set.labels, eval_set.name)
-                art["accuracy"] = acc.to_dict()
-            entry["artifacts"].append(art)
-            if quant is not None:
-                qkey = cache.key(weights=loaded.weights_sha256, subnet=s, format=fmt.name, options=vars(fmt),
-                                 metadata=artifact_metadata(loaded, s, fmt.layout), quant=quant.opts,
-                                 calibration=quant.calibration,
-                                 eval=(quant.data.inputs, quant.data.labels, quant.data.name))
-                done = cache.fetch_group(qkey, out)
-                if done is None:
-                    done = quant.export(fmt, s.id, extract_variant(model, s), out / art["path"],
-                                        out, artifact_metadata(loaded, s, fmt.layout))
-                    cache.store_group(qkey, out, *done)
-                arts, skipped = done
-                entry["artifacts"] += arts
-                excluded += skipped
-        variants.append(entry)
-    cfg = model.cfg
-    top = max(s.resolution for s in subnets)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "bundle_version": bundle_version,
-        "created_by": {"tool": "slimvit", "version": tool_version(),
-                       "runtimes": {f.name: f.runtime_version() for f in fmts} | {"torch": torch.__version__}},
-        "model": {"name": loaded.name, "source_format": loaded.source_format,
-                  "config": cfg.to_dict(), "weights_sha256": loaded.weights_sha256},
-        "input": {"name": INPUT_NAME, "shape": [1, cfg.in_chans, top, top], "layout": "NCHW",
-                  "layouts": {f.name: f.layout for f in fmts}, "dtype": "float32", "color": "RGB",
-                  **loaded.preprocess.describe()},
-        "output": {"name": OUTPUT_NAME, "shape": [1, cfg.num_classes], "kind": "logits"},
-        "labels": list(loaded.labels),
-        "variants": variants,
-    }
-    if quantize is not None:
-        manifest["calibration"] = quantize.describe(excluded)
-    attach_policy(manifest, out, policy)
-    write_manifest(out, manifest)
-    publish_bundle(out, final)
-    prune_cache(cache.root, cache_limit)  # keep the shared cache under its size limit
+    try:
+        for s in subnets:
+            entry = variant_entry(loaded, s)
+            real = None
+            if eval_set is not None:
+                real = loaded.preprocess(eval_set.images, s.resolution).numpy()
+            quant = None if quantize is None else for_variant(
+                quantize, loaded.preprocess, s.resolution, SubnetForward(model, s), real,
+                None if eval_set is None else eval_set.labels, "" if eval_set is None else eval_set.name)
+            for fmt in fmts:
+                if progress:
+                    progress(f"{s.id} {fmt.name}")
+                try:
+                    art = export_variant(loaded, s, fmt, out, real, cache)
+                except SlimvitError as e:
+                    if not keep_going:
+                        raise
+                    failures.append((s.id, fmt.name, str(e)))
+                    continue
+                if eval_set is not None and fmt.can_run:
+                    acc = evaluate_artifact(fmt, out / art["path"], SubnetForward(model, s), real,
+                                            eval_set.labels, eval_set.name)
+                    art["accuracy"] = acc.to_dict()
+                entry["artifacts"].append(art)
+                if quant is not None:
+                    qkey = cache.key(weights=loaded.weights_sha256, subnet=s, format=fmt.name, options=vars(fmt),
+                                     metadata=artifact_metadata(loaded, s, fmt.layout), quant=quant.opts,
+                                     calibration=quant.calibration,
+                                     eval=(quant.data.inputs, quant.data.labels, quant.data.name))
+                    done = cache.fetch_group(qkey, out)
+                    if done is None:
+                        done = quant.export(fmt, s.id, extract_variant(model, s), out / art["path"],
+                                            out, artifact_metadata(loaded, s, fmt.layout))
+                        cache.store_group(qkey, out, *done)
+                    arts, skipped = done
+                    entry["artifacts"] += arts
+                    excluded += skipped
+            variants.append(entry)
+        cfg = model.cfg
+        top = max(s.resolution for s in subnets)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "bundle_version": bundle_version,
+            "created_by": {"tool": "slimvit", "version": tool_version(),
+                           "runtimes": {f.name: f.runtime_version() for f in fmts} | {"torch": torch.__version__}},
+            "model": {"name": loaded.name, "source_format": loaded.source_format,
+                      "config": cfg.to_dict(), "weights_sha256": loaded.weights_sha256},
+            "input": {"name": INPUT_NAME, "shape": [1, cfg.in_chans, top, top], "layout": "NCHW",
+                      "layouts": {f.name: f.layout for f in fmts}, "dtype": "float32", "color": "RGB",
+                      **loaded.preprocess.describe()},
+            "output": {"name": OUTPUT_NAME, "shape": [1, cfg.num_classes], "kind": "logits"},
+            "labels": list(loaded.labels),
+            "variants": variants,
+        }
+        if quantize is not None:
+            manifest["calibration"] = quantize.describe(excluded)
+        attach_policy(manifest, out, policy)
+        write_manifest(out, manifest)
+        publish_bundle(out, final)
+        prune_cache(cache.root, cache_limit)  # keep the shared cache under its size limit
+    except BaseException:  # a failed or interrupted export leaves no staging directory behind
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     if failures:
         raise IncompleteBundleError(failures, manifest)
     return manifest

@@ -10,6 +10,8 @@ from calibration.data import digits
 from exporter.bundle.verify import check_bundle
 from exporter.errors import ConfigError, check_choice
 from exporter.fileio import atomic_dir, atomic_path
+from exporter.gate.files import read_capped
+from exporter.gate.limits import MAX_JSON_BYTES
 from exporter.manifest import MANIFEST_NAME, SCHEMA_NAME, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,10 +81,9 @@ def install_bundle(bundle: str | Path, app: str, root: str | Path = ROOT, sample
 
 def _write_sample(manifest: dict, out: Path, sample: str | Path | None) -> None:
     if sample is not None:
-        if not Path(sample).is_file():
-            raise ConfigError(f"sample image not found: {sample}")
+        data = read_capped(sample, "sample image", MAX_JSON_BYTES, ConfigError)  # no FIFO, no device
         with atomic_path(out) as tmp:
-            shutil.copyfile(sample, tmp)
+            tmp.write_bytes(data)
         return
     if manifest["labels"] != [str(i) for i in range(10)]:
         return

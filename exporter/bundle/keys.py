@@ -19,13 +19,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from exporter.errors import SlimvitError
 from exporter.fileio import atomic_path, atomic_write_bytes
+from exporter.gate.files import loads_strict, read_capped
+from exporter.gate.limits import MAX_KEY_BYTES
 
 SIGNATURE_NAME = "manifest.sig"
 CONTEXT = b"slimvit-manifest-signature-v1\n"
@@ -52,10 +53,15 @@ def generate_keypair(private_path: str | Path, public_path: str | Path | None = 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private_path = Path(private_path)
-    public_path = Path(public_path) if public_path else private_path.with_suffix(".pub")
+    if not private_path.name or private_path.name in (".", ".."):
+        raise SigningError(f'"{private_path}" names no file; give the key file to create, e.g. release.key')
+    # KEY and KEY.pub (docs/security.md): `keygen release.key` -> release.key, release.key.pub
+    public_path = Path(public_path) if public_path else private_path.with_name(private_path.name + ".pub")
     for p in (private_path, public_path):
-        if p.exists():
+        if os.path.lexists(p):  # a dangling symlink counts: writing through it is still overwriting
             raise SigningError(f"{p} exists; refusing to overwrite a key (choose another path)")
+    if private_path.parent.exists() and not private_path.parent.is_dir():
+        raise SigningError(f"{private_path.parent} is not a directory")
     key = Ed25519PrivateKey.generate()
     phrase = os.environ.get(PASSPHRASE_ENV)
     enc = ser.BestAvailableEncryption(phrase.encode()) if phrase else ser.NoEncryption()
@@ -125,11 +131,12 @@ def signature_problems(root: Path, manifest_bytes: bytes, public_key: Any) -> li
     if path.stat().st_size > MAX_SIGNATURE_BYTES:
         return [f"{SIGNATURE_NAME} is over {MAX_SIGNATURE_BYTES} bytes"]
     try:
-        sig = json.loads(path.read_bytes().decode("utf-8"))
+        sig = loads_strict(read_capped(path, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, SigningError), SIGNATURE_NAME,
+                           SigningError)
         if not isinstance(sig, dict):
             raise ValueError("not an object")
         raw = base64.b64decode(sig.get("signature", ""), validate=True)
-    except (ValueError, TypeError, UnicodeDecodeError, RecursionError, binascii.Error) as e:
+    except (SigningError, ValueError, TypeError, UnicodeDecodeError, RecursionError, binascii.Error) as e:
         return [f"{SIGNATURE_NAME} is unreadable ({type(e).__name__})"]
     if sig.get("algorithm") != "ed25519":
         return [f'algorithm "{sig.get("algorithm")}" is not ed25519']
@@ -145,13 +152,10 @@ def signature_problems(root: Path, manifest_bytes: bytes, public_key: Any) -> li
 
 
 def _read_key_file(path: str | Path) -> bytes:
-    path = Path(path)
-    try:
-        if path.stat().st_size > 64 << 10:
-            raise SigningError(f"{path}: over 64 KiB; not a key file")
-        return path.read_bytes()
-    except OSError as e:
-        raise SigningError(f"cannot read key {path}: {e.strerror}") from None
+    # a regular file (no FIFO, no /dev/zero), at most 64 KiB read
+    if not os.path.lexists(path):
+        raise SigningError(f"cannot read key {path}: no such file")
+    return read_capped(path, "key", MAX_KEY_BYTES, SigningError)
 
 
 def _decode_raw(text: bytes) -> bytes | None:

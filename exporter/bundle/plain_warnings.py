@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from exporter.checkpoints.load import LoadedModel
+from exporter.checkpoints import LoadedModel
 from exporter.nn.config import VariantGrid
 
 # Checkpoint formats trained at full width only (their narrow slices were never trained).

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from exporter.bundle.keys import SIGNATURE_NAME, SigningError, key_id, load_private_key, signed_message
 from exporter.bundle.verify import check_bundle, parse_time
 from exporter.fileio import atomic_write_json
+from exporter.gate.files import read_capped, read_json
+from exporter.gate.limits import MAX_BUNDLE_VERSION, MAX_EXPIRY_DAYS, MAX_MANIFEST_BYTES
 from exporter.manifest import MANIFEST_NAME, validate_manifest
 
 
@@ -19,7 +21,10 @@ def parse_expiry(text: str, now: datetime | None = None) -> str:
     """``30d`` / ``12h`` from now, or an ISO 8601 time with a zone -> RFC 3339 UTC string."""
     now = now or datetime.now(UTC)
     unit = {"d": timedelta(days=1), "h": timedelta(hours=1)}.get(text[-1:])
-    if unit is not None and text[:-1].isdigit():
+    if unit is not None and text[:-1].isascii() and text[:-1].isdigit():
+        if len(text) > 12 or int(text[:-1]) * unit > timedelta(days=MAX_EXPIRY_DAYS):
+            raise SigningError(f'expiry "{text[:40]}" is over {MAX_EXPIRY_DAYS} days away; sign again '
+                               f"before then instead")
         when = now + int(text[:-1]) * unit
     else:
         when = parse_time(text)
@@ -27,6 +32,8 @@ def parse_expiry(text: str, now: datetime | None = None) -> str:
             raise SigningError(f'expiry "{text}" must be like "30d", "12h" or "2027-01-31T00:00:00Z"')
     if when <= now:
         raise SigningError(f"expiry {when.isoformat()} is in the past")
+    if when - now > timedelta(days=MAX_EXPIRY_DAYS):
+        raise SigningError(f"expiry {when.isoformat()} is over {MAX_EXPIRY_DAYS} days away")
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -46,10 +53,14 @@ def sign_bundle(bundle: str | Path, key: str | Path, *, expires: str | None = No
     """
     root = Path(bundle)
     private = load_private_key(key)
-    if expires is not None or bundle_version is not None:
-        _update_manifest(root, expires, bundle_version)
+    # Everything is checked before anything is written: the bundle as it is must pass verify
+    # (a tampered bundle is refused with its manifest untouched), then the updated manifest.
     check_bundle(root)
-    data = (root / MANIFEST_NAME).read_bytes()
+    if expires is not None or bundle_version is not None:
+        manifest = _updated_manifest(root, expires, bundle_version)
+        atomic_write_json(root / MANIFEST_NAME, manifest)
+        check_bundle(root)  # the rewritten manifest pins the same artifacts
+    data = read_capped(root / MANIFEST_NAME, "manifest", MAX_MANIFEST_BYTES, SigningError)
     sig = {"format": "slimvit-signature", "version": 1, "algorithm": "ed25519",
            "key_id": key_id(private.public_key()), "manifest_sha256": hashlib.sha256(data).hexdigest(),
            "signature": base64.b64encode(private.sign(signed_message(data))).decode()}
@@ -57,21 +68,23 @@ def sign_bundle(bundle: str | Path, key: str | Path, *, expires: str | None = No
     return root / SIGNATURE_NAME
 
 
-def _update_manifest(root: Path, expires: str | None, bundle_version: int | None) -> None:
+def _updated_manifest(root: Path, expires: str | None, bundle_version: int | None) -> dict[str, Any]:
+    """The manifest with the new expiry / bundle version, validated; nothing is written."""
     path = root / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
-        raise SigningError(f"{path}: cannot read the manifest ({e})") from None
+    manifest = read_json(path, "manifest", MAX_MANIFEST_BYTES, SigningError)
+    if not isinstance(manifest, dict):
+        raise SigningError(f"{path}: a manifest must be a JSON object")
     if expires is not None:
         manifest["expires"] = parse_expiry(expires)
     if bundle_version is not None:
         old = manifest.get("bundle_version")
+        if isinstance(bundle_version, bool) or not isinstance(bundle_version, int) or \
+                not 0 <= bundle_version <= MAX_BUNDLE_VERSION:
+            raise SigningError(f"--bundle-version must be an integer in [0, {MAX_BUNDLE_VERSION}] (what "
+                               f"JavaScript reads exactly), but got {bundle_version}")
         if isinstance(old, int) and bundle_version < old:
             raise SigningError(f"--bundle-version {bundle_version} is lower than the bundle's {old}; "
                                f"bundle versions only increase")
         manifest["bundle_version"] = bundle_version
     validate_manifest(manifest)
-    atomic_write_json(path, manifest)
-
-
+    return manifest

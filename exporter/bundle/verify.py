@@ -11,7 +11,6 @@ a valid Ed25519 signature of the manifest's bytes.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -23,6 +22,7 @@ from typing import Any
 from exporter.bundle.keys import SIGNATURE_NAME, load_public_key, signature_problems
 from exporter.errors import SlimvitError
 from exporter.fileio import sha256_file, sha256_tree
+from exporter.gate.files import InputError, loads_strict
 from exporter.manifest import MANIFEST_NAME, SCHEMA_NAME, schema_problems
 
 KNOWN_SCHEMA_MAJOR = 1
@@ -142,10 +142,10 @@ def _read_manifest_bytes(root: Path, limits: Limits, problems: list[str]) -> byt
 
 
 def _parse_manifest(raw: bytes, problems: list[str]) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        problems.append(f"{MANIFEST_NAME} is not valid UTF-8 JSON ({type(e).__name__}: {str(e)[:120]})")
+    try:  # strict: NaN/Infinity, overflowing floats, 5000-digit integers and deep nesting are problems
+        manifest = loads_strict(raw, MANIFEST_NAME)
+    except InputError as e:
+        problems.append(str(e))
         return None
     if not isinstance(manifest, dict):
         problems.append(f"{MANIFEST_NAME} must hold a JSON object, not {type(manifest).__name__}")

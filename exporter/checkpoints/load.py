@@ -4,7 +4,6 @@ plug into."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,8 @@ from exporter.checkpoints.supervit import FORMAT as SUPERVIT
 from exporter.checkpoints.timm import FORMAT as TIMM
 from exporter.errors import CheckpointError, ConfigError, check_choice
 from exporter.fileio import atomic_path
+from exporter.gate.files import dumps_strict, loads_strict, regular_file
+from exporter.gate.models import labels_list, preprocess_dict, structure_dict
 from exporter.nn.config import ViTConfig
 from exporter.nn.model import SlimmableViT
 from exporter.nn.searched import NonUniformViT, Structure
@@ -45,9 +46,9 @@ def save_checkpoint(model: SlimmableViT, path: str | Path, labels: list[str] | N
     pre = preprocess or Preprocess()
     meta = {
         "format": FORMAT_TAG, "format_version": FORMAT_VERSION,
-        "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
-        "labels": json.dumps(labels or [str(i) for i in range(model.cfg.num_classes)]),
-        "preprocess": json.dumps({"mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize,
+        "config": dumps_strict(model.cfg.to_dict(), sort_keys=True),
+        "labels": dumps_strict(labels or [str(i) for i in range(model.cfg.num_classes)]),
+        "preprocess": dumps_strict({"mean": list(pre.mean), "std": list(pre.std), "resize": pre.resize,
                                   "crop": pre.crop}),
         **(extra or {}),
     }
@@ -59,7 +60,7 @@ def save_checkpoint(model: SlimmableViT, path: str | Path, labels: list[str] | N
 
 def save_searched(model: NonUniformViT, path: str | Path, labels: list[str], pre: Preprocess) -> Path:
     """A slimvit checkpoint of a searched (ViT-Slim) model: its structure in the metadata."""
-    extra = {STRUCTURE_KEY: json.dumps(model.structure.to_dict()), "budget_macs": str(model.budget)}
+    extra = {STRUCTURE_KEY: dumps_strict(model.structure.to_dict()), "budget_macs": str(model.budget)}
     return save_checkpoint(model, path, labels, pre, extra=extra)  # type: ignore[arg-type]
 
 
@@ -70,26 +71,7 @@ def load_slimvit(path: Path, **_: object) -> LoadedModel:
         raise CheckpointError(f"{path}: not a slimvit checkpoint (no slimvit metadata); pass "
                               f"--checkpoint-format to read it as another format")
     try:
-        raw_cfg = _meta_json(meta, "config", None, dict)
-        labels = _meta_json(meta, "labels", None, list)
-        pre = _meta_json(meta, "preprocess", {}, dict) or {}
-        if raw_cfg is None:
-            raise ValueError('no "config" entry')
-        cfg = ViTConfig.from_dict(raw_cfg)
-        if labels is not None and not all(isinstance(x, str) for x in labels):
-            raise ValueError('"labels" must be a list of strings')
-        crop = pre.get("crop", 1.0)  # absent in checkpoints written before crop was stored
-        if type(crop) not in (int, float):
-            raise ValueError(f'"preprocess" crop must be a number in (0, 1], but got {crop!r}')
-        preprocess = Preprocess(tuple(pre.get("mean", (0.5,) * 3)), tuple(pre.get("std", (0.5,) * 3)),
-                                pre.get("resize", "bilinear"), float(crop))
-        numbers = (*preprocess.mean, *preprocess.std)
-        if len(preprocess.mean) != cfg.in_chans or not all(type(v) in (int, float) for v in numbers):
-            raise ValueError(f'"preprocess" needs {cfg.in_chans} numeric mean and std values')
-        if preprocess.resize not in RESIZE_MODES:
-            raise ValueError(f'"preprocess" resize must be one of {RESIZE_MODES}')
-        if labels is not None and len(labels) != cfg.num_classes:
-            raise ValueError(f'"labels" has {len(labels)} names but the model has {cfg.num_classes} classes')
+        cfg, labels, preprocess = read_metadata(meta)
         _check_size(cfg, tensors)
         structure = _meta_json(meta, STRUCTURE_KEY, None, dict)
         if structure is None:
@@ -98,14 +80,37 @@ def load_slimvit(path: Path, **_: object) -> LoadedModel:
             budget = float(meta.get("budget_macs", "1"))
             if not 0 < budget <= 1:  # also refuses NaN
                 raise ValueError(f'"budget_macs" must be in (0, 1], but got {budget}')
-            model = NonUniformViT(cfg, Structure.from_dict(structure), budget)
+            grid = (cfg.img_size // cfg.patch_size) ** 2  # every index is checked before allocating
+            st = Structure.from_dict(structure_dict(structure, cfg.depth, cfg.num_heads, cfg.head_dim,
+                                                    cfg.mlp_hidden, grid, '"structure"', ConfigError))
+            model = NonUniformViT(cfg, st, budget)
     except ConfigError as e:
         raise CheckpointError(f"{path}: slimvit metadata holds a bad config: {e}") from None
     except (ValueError, TypeError, KeyError) as e:  # a hostile or damaged header, not a config we wrote
         raise CheckpointError(f"{path}: slimvit metadata is damaged ({e})") from None
     load_tensors(model, tensors, path)
-    return LoadedModel(model.eval(), path.stem, FORMAT_TAG,
-                       labels or [str(i) for i in range(cfg.num_classes)], preprocess)
+    return LoadedModel(model.eval(), path.stem, FORMAT_TAG, labels, preprocess)
+
+
+def read_metadata(meta: dict[str, str]) -> tuple[ViTConfig, list[str], Preprocess]:
+    """The config, labels and preprocessing of slimvit metadata, checked by the gate (strict
+    types, finite numbers, bounds; one label per class; one mean/std per channel).
+
+    Raises:
+        ConfigError: a config value is out of range or of the wrong type.
+        ValueError: the metadata is damaged (missing config, not JSON, wrong shapes).
+    """
+    raw_cfg = _meta_json(meta, "config", None, dict)
+    if raw_cfg is None:
+        raise ValueError('no "config" entry')
+    cfg = ViTConfig.from_dict(raw_cfg)
+    labels = _meta_json(meta, "labels", None, list)
+    labels = (labels_list(labels, cfg.num_classes, '"labels"', ConfigError) if labels is not None
+              else [str(i) for i in range(cfg.num_classes)])
+    pre = _meta_json(meta, "preprocess", {}, dict) or {}
+    default = {"mean": [0.5] * cfg.in_chans, "std": [0.5] * cfg.in_chans}  # crop: absent in old files
+    preprocess = Preprocess(**preprocess_dict({**default, **pre}, cfg.in_chans, '"preprocess"', ConfigError))
+    return cfg, labels, preprocess
 
 
 def _check_size(cfg: ViTConfig, tensors: dict[str, torch.Tensor]) -> None:
@@ -121,7 +126,7 @@ def _meta_json(meta: dict[str, str], key: str, default: object, kind: type) -> o
     """A JSON value stored as a string in the safetensors metadata, of the expected type."""
     if key not in meta:
         return default
-    value = json.loads(meta[key])  # JSONDecodeError is a ValueError
+    value = loads_strict(meta[key], f'"{key}"', ConfigError)
     if value is not None and not isinstance(value, kind):
         raise ValueError(f'"{key}" must be a JSON {kind.__name__}, not {type(value).__name__}')
     return value
@@ -188,8 +193,7 @@ def load_model(path: str | Path, checkpoint_format: str = "auto",
         ConfigError: an unknown format name.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    regular_file(path, "checkpoint", CheckpointError)  # a directory or FIFO is not "not found"
     check_choice("checkpoint format", checkpoint_format, ["auto", *LOADERS])
     fmt = checkpoint_format
     if fmt == "auto":
@@ -202,5 +206,9 @@ def load_model(path: str | Path, checkpoint_format: str = "auto",
                               f"(hydravit, scala, timm, supervit), but this is a slimvit checkpoint; "
                               f"leave out --ema")
     loaded = LOADERS[fmt](path, **options)
+    heads = options.get("num_heads")
+    if fmt == FORMAT_TAG and heads is not None and heads != loaded.model.cfg.num_heads:
+        raise CheckpointError(f"{path}: --num-heads {heads}, but this slimvit checkpoint states "
+                              f"{loaded.model.cfg.num_heads} heads in its metadata; leave out --num-heads")
     warn_nonfinite(loaded.model.state_dict(), warn or (lambda m: warnings.warn(m, stacklevel=2)))
     return loaded

@@ -61,6 +61,11 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
         problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
     if shapes:
         problems.append(f"shape mismatch: {'; '.join(shapes[:4])}")
+    dtypes = sorted({f"{k}: {tensors[k].dtype}" for k in own if k in tensors
+                     and not tensors[k].is_floating_point()})
+    if dtypes:
+        problems.append(f"weights must be floating point, but {len(dtypes)} are not "
+                        f"({'; '.join(dtypes[:4])}{' ...' if len(dtypes) > 4 else ''})")
     if problems:
         raise CheckpointError(f"{path}: tensors do not fit the model config ({' | '.join(problems)})")
     model.load_state_dict({k: tensors[k].float() for k in own}, strict=True)

@@ -7,7 +7,6 @@ class outside a short allowlist; such a file is refused, never unpickled."""
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import re
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from exporter.errors import CheckpointError
+from exporter.gate.files import loads_strict
 
 # Training scripts (timm's CheckpointSaver, DeiT/Scala's main.py) store their argparse
 # options beside the weights; a Namespace is a plain attribute bag and safe to rebuild.
@@ -134,10 +134,10 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         if n > MAX_HEADER_BYTES or n + 8 > size:
             raise CheckpointError(f"{path}: safetensors header claims {n} bytes but the file has "
                                   f"{size}; the file is truncated or corrupt")
-        try:
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise CheckpointError(f"{path}: safetensors header is not valid JSON; the file is corrupt") from None
+        header = loads_strict(f.read(n), f"{path}: safetensors header", CheckpointError, max_depth=4)
+        meta = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise CheckpointError(f"{path}: safetensors metadata must map names to strings; the file is corrupt")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

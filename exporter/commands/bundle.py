@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from exporter.bundle.install import install_bundle
 from exporter.bundle.keys import generate_keypair
 from exporter.bundle.signing import sign_bundle
 from exporter.bundle.verify import verify_bundle
-from exporter.commands.common import app, bundle_app, console, out_console
+from exporter.commands.common import app, bundle_app, console, out_console, say
+from exporter.gate.files import dumps_strict
 
 
 @app.command()
@@ -23,20 +25,19 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
            as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
            ) -> None:
     """Check a bundle as an app must before loading it; exit 1 listing every problem."""
-    import json
-
     report = verify_bundle(bundle, public_key, min_bundle_version=min_bundle_version)
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps_strict(report.to_dict(), indent=2))
     else:
         for w in report.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            say("warning:", w)
         for p in report.problems:
-            console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
+            say("problem:", p, "red")
         signed = {None: "signature not checked", True: "signature valid", False: "signature INVALID"}
-        verdict = "[green]ok[/]" if report.ok else f"[red]FAILED ({len(report.problems)} problem(s))[/]"
-        console.print(f"{bundle}: {verdict}: {report.artifacts} file(s) checked, bundle_version "
-                      f"{report.bundle_version}, {signed[report.signed]}", highlight=False, soft_wrap=True)
+        verdict = "ok" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+        console.print(Text.assemble(f"{bundle}: ", (verdict, "green" if report.ok else "red"),
+                                    f": {report.artifacts} file(s) checked, bundle_version "
+                                    f"{report.bundle_version}, {signed[report.signed]}"), soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

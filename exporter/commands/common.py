@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from exporter.api import load
 from exporter.checkpoints import CHECKPOINT_FORMATS, LoadedModel
@@ -39,9 +40,18 @@ def _version(value: bool) -> None:
 def _main(version: Annotated[bool, typer.Option(
         "--version", help="Print the version and exit.", callback=_version, is_eager=True)] = False) -> None:
     """Turn one slimmable ViT into the validated, switchable bundle a phone app ships."""
-console = Console(stderr=True)
+
+
+# Messages carry user data (paths, variant ids, tier names): never parse them as rich markup or
+# emoji codes, so "[/x]" in a file name prints as itself instead of crashing the printer.
+console = Console(stderr=True, markup=False, highlight=False, emoji=False)
 # Tables stay readable when piped (rich would squeeze them into 80 columns).
-out_console = Console(width=None if sys.stdout.isatty() else 160)
+out_console = Console(width=None if sys.stdout.isatty() else 160, markup=False, highlight=False, emoji=False)
+
+
+def say(tag: str, message: object, style: str = "yellow") -> None:
+    """One message line on stderr: a coloured ``tag`` then ``message`` as plain text."""
+    console.print(Text.assemble((tag, style), " ", str(message)), soft_wrap=True)
 
 CheckpointArg = Annotated[Path, typer.Argument(help="Checkpoint file (.safetensors, .pth, .pt, .bin).")]
 FormatOpt = Annotated[str, typer.Option("--checkpoint-format", help=f"{', '.join(CHECKPOINT_FORMATS)}.")]
@@ -63,7 +73,7 @@ app.add_typer(bundle_app, name="bundle")
 def progress_bars(*stages: tuple[int, str]) -> Iterator[list[Any]]:
     """Rich progress bars, one per ``(total, what)`` stage, in one live display; yields one
     callback per stage that advances its bar and shows a description."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with Progress(TextColumn("{task.description}", markup=False, style="bold"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         steps, tasks, started = [], [], set()
         for total, what in stages:
@@ -93,9 +103,9 @@ def load_checkpoint(checkpoint: Path, checkpoint_format: str, num_heads: int | N
                     ema: bool = False) -> LoadedModel:
     """Load a checkpoint for a command, printing warnings and a one-line summary of the model."""
     loaded = load(checkpoint, checkpoint_format, num_heads=num_heads, slicing=slicing,
-                  warn=lambda m: console.print(f"[yellow]warning:[/] {m}"), **({"ema": True} if ema else {}))
+                  warn=lambda m: say("warning:", m), **({"ema": True} if ema else {}))
     how = (" (detected from its keys)" if checkpoint_format == "auto" else "") + (", EMA weights" if ema else "")
-    console.print(f"loaded {checkpoint.name} as [bold]{loaded.source_format}[/]{how}: "
+    console.print(f"loaded {checkpoint.name} as {loaded.source_format}{how}: "
                   f"embed {loaded.model.cfg.embed_dim}, depth {loaded.model.cfg.depth}, "
                   f"heads {loaded.model.cfg.num_heads}, slicing {loaded.model.cfg.slicing}")
     return loaded

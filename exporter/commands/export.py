@@ -27,10 +27,12 @@ from exporter.commands.common import (
     parse_grid,
     progress_bar,
     progress_bars,
+    say,
 )
 from exporter.convert.formats import FORMATS
 from exporter.convert.quantize.registry import precision_names
 from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
+from exporter.gate.outputs import check_out_dir
 from exporter.nn.grid_notes import width_notes
 
 
@@ -104,6 +106,8 @@ def export(checkpoint: CheckpointArg,
                             "$XDG_CACHE_HOME/slimvit/artifacts or ~/.cache/slimvit/artifacts).")] = None,
            ) -> None:
     """Export every variant of the grid as validated artifacts plus manifest.json."""
+    # before any work: never "", "/", the checkpoint, a file, or a non-empty non-bundle directory
+    check_out_dir(out, "bundle", inputs=(checkpoint, policy, calibration if calibration != "builtin" else None))
     loaded = load_checkpoint(checkpoint, checkpoint_format, num_heads, slicing, ema)
     grid = parse_grid(widths, keep_rates, resolutions)
     if getattr(loaded.model, "structure", None) is None:  # a searched structure has no width grid
@@ -116,13 +120,13 @@ def export(checkpoint: CheckpointArg,
                 loaded, grid, out, fmt_list, eval_data, progress=step, precisions=precisions,
                 calibration=calibration, calibration_samples=calibration_samples,
                 calibration_method=calibration_method, max_drop=max_drop / 100,
-                warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False), policy=policy,
+                warn=lambda m: say("warning:", m), policy=policy,
                 nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target, resume=resume,
                 cache_dir=cache_dir)
     except IncompleteBundleError as e:  # --keep-going: show what was written, then the failures
         out_console.print(variant_table(e.manifest, f"bundle {out} (incomplete)"))
         for variant, fmt, why in e.failures:
-            console.print(f"[red]failed:[/] {variant} {fmt}: {why}", highlight=False, soft_wrap=True)
+            say("failed:", f"{variant} {fmt}: {why}", "red")
         raise
     out_console.print(variant_table(manifest, f"bundle {out}"))
     print_precisions(manifest)
@@ -137,7 +141,9 @@ def demo(out: Annotated[Path, typer.Option("--out", help="Output directory.")] =
     """Train a slimmable ViT on the built-in digits set, export and evaluate every variant."""
     import dataclasses
 
-    train = dataclasses.replace(DEMO_TRAIN, epochs=epochs or DEMO_TRAIN.epochs)
+    check_out_dir(out, "demo")
+    # --epochs is honoured as given (the gate refuses 0 and negatives); only None means the default
+    train = dataclasses.replace(DEMO_TRAIN, epochs=DEMO_TRAIN.epochs if epochs is None else epochs)
     n_art = len(DEMO_GRID.subnets(DEMO_MODEL)) * len(DEMO_FORMATS)
     with progress_bars((train.epochs, "train"), (n_art, "export")) as (step, export_step):
         result = run_demo(out, train, progress=export_step, formats=DEMO_FORMATS,
@@ -245,5 +251,4 @@ def print_precisions(manifest: dict[str, Any]) -> None:
         return
     out_console.print(table)
     for e in manifest["calibration"].get("excluded", []):
-        console.print(f"[yellow]left out:[/] {e['variant']} {e['format']} {e['precision']}: {e['reason']}",
-                      highlight=False, soft_wrap=True)
+        say("left out:", f"{e['variant']} {e['format']} {e['precision']}: {e['reason']}")

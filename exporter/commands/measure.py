@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from exporter.bundle.keys import SIGNATURE_NAME
-from exporter.commands.common import app, console, out_console, progress_bar
+from exporter.commands.common import app, console, out_console, progress_bar, say
+from exporter.gate.outputs import check_out_file
 from exporter.manifest import read_manifest
 from exporter.measure.ingest import ingest_reports
 from exporter.measure.profile import host_device, plan_profile, profile_bundle
@@ -73,8 +74,8 @@ def _details_table(manifest: dict, dev: str, runs: int, threads: int) -> Table:
 
 def _stale_signature_note(bundle: Path) -> None:
     if (bundle / SIGNATURE_NAME).exists():
-        console.print(f"[yellow]warning:[/] manifest.json changed, so {SIGNATURE_NAME} no longer matches it; "
-                      f"re-sign the bundle with `slimvit sign`", highlight=False)
+        say("warning:", f"manifest.json changed, so {SIGNATURE_NAME} no longer matches it; "
+                        f"re-sign the bundle with `slimvit sign`")
 
 
 @app.command()
@@ -94,7 +95,7 @@ def ingest(
     for line in result.merged:
         console.print(f"merged: {line}", highlight=False)
     for line in result.skipped:
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        say("skipped:", line)
     console.print(f"{len(result.merged)} merged, {len(result.skipped)} skipped"
                   + ("" if result.merged else "; manifest unchanged"))
     if result.merged:
@@ -111,5 +112,7 @@ def report(
         ) -> None:
     """Write a self-contained HTML report: the policy (which variant runs when), accuracy vs latency
     per device and runtime, and every artifact in a filterable table."""
+    check_out_file(out, inputs=(bundle,))  # never inside a bundle: not over its manifest, not beside it
+
     result = write_report(bundle, out)
     console.print(f"report: {result.html} ({result.bytes / 2**20:.1f} MB, opens offline)", highlight=False)

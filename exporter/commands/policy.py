@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from exporter.commands.common import app, console, out_console, policy_app
+from exporter.commands.common import app, console, out_console, policy_app, say
+from exporter.gate.files import dumps_strict
+from exporter.gate.outputs import check_out_dir, check_out_file
 from exporter.policy.simulate import simulate_bundle
 from exporter.policy.spec import select
 from exporter.policy.store import update_policy
@@ -28,11 +30,9 @@ def select_variant(
             "--json", help='Print {"variant", "tier", "rule", "reason"} as JSON.')] = False,
         ) -> None:
     """The variant the bundle's policy picks for a device state (docs/policy.md)."""
-    import json
-
     c = select(bundle, thermal, battery, charging, low_power, platform, device)
     if as_json:
-        print(json.dumps({"variant": c.variant, "tier": c.tier, "rule": c.rule, "reason": c.reason}))
+        print(dumps_strict({"variant": c.variant, "tier": c.tier, "rule": c.rule, "reason": c.reason}))
     else:
         print(f"{c.variant}  (tier {c.tier}, rule {c.rule}: {c.reason})")
 
@@ -49,6 +49,8 @@ def simulate(
         fps: Annotated[float, typer.Option("--fps", help="Inferences per second (energy proxy).")] = 10.0,
         ) -> None:
     """Replay a device trace through the bundle's policy; write summary.json and a timeline plot."""
+    check_out_dir(out, "simulate", inputs=(bundle, trace))
+
     s = simulate_bundle(bundle, trace, out, platform, device, fps)
     run, best, cheap = s["policy"], s["always_best"], s["always_cheapest"]
     table = Table(title=f"{s['trace']}: {s['duration_s'] / 60:.1f} min, {s['switches']} switches "
@@ -72,6 +74,8 @@ def policy_vectors(
             "--reference", help="Reference policy without --bundle: default or custom.")] = "default",
         ) -> None:
     """Generate conformance vectors from the reference engine."""
+    check_out_file(out, inputs=(bundle,))
+
     doc = write_vectors(out, bundle, reference)
     steps = sum(len(c["steps"]) for c in doc["cases"])
     console.print(f"{out}: {len(doc['cases'])} cases, {steps} steps, {len(doc['policy']['tiers'])} tiers")
@@ -109,7 +113,7 @@ def policy_check(vectors: Annotated[Path, typer.Argument(help="A policy vectors 
     doc = read_vectors(vectors)
     bad = check_vectors(doc)
     for b in bad:
-        console.print(f"[red]mismatch:[/] {b}", highlight=False, soft_wrap=True)
+        say("mismatch:", b, "red")
     console.print(f"{vectors}: {len(doc['cases'])} cases, {len(bad)} mismatch(es)")
     if bad:
         raise typer.Exit(1)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from exporter.commands.common import CheckpointArg, app, console, out_console
+from exporter.gate.outputs import check_out_dir
 from exporter.training.search import SearchConfig, run_search
 
 
@@ -23,6 +24,8 @@ def search(
     limit: Annotated[int, typer.Option("--limit", help="Use only the first N samples (0: all).")] = 0,
 ) -> None:
     """ViT-Slim: search a non-uniform structure within a MAC budget, fine-tune it, save it."""
+    check_out_dir(out, "search", inputs=(checkpoint, dataset if dataset != "builtin" else None))
+
     cfg = SearchConfig(budget_macs=budget_macs, search_epochs=search_epochs, finetune_epochs=finetune_epochs)
     result = run_search(checkpoint, budget_macs, out, dataset, cfg, limit,
                         log=lambda r: console.print(f"{r['stage']} epoch {r['epoch']}: loss {r['loss']:.3f}"))

@@ -9,8 +9,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from exporter.commands.common import app, console, out_console
+from exporter.commands.common import app, console, out_console, say
 from exporter.errors import ConfigError, check_choice
+from exporter.gate.outputs import check_out_dir
 from exporter.nn.config import parse_floats, parse_ints
 from exporter.training import RECIPES, SeparateResult, run_training
 from exporter.training.sit import SitConfig, run_sit
@@ -37,6 +38,8 @@ def train(
         "--token-reducer", help="topk, or tsm (SiT's Token Slimming Module; with --recipe sit).")] = None,
 ) -> None:
     """Train one slimmable ViT whose every variant works (or, with --separate, one per width)."""
+    if out is not None:
+        check_out_dir(out, "train", inputs=(config, teacher, dataset if dataset not in (None, "digits") else None))
     if recipe == "sit" or token_reducer is not None:
         return train_sit(out, teacher, token_reducer, recipe, epochs, lr, batch_size, seed, widths, keep_rates)
     overrides = dict(dataset=dataset, recipe=recipe, epochs=epochs, teacher=teacher, lr=lr,
@@ -44,8 +47,8 @@ def train(
                      widths=parse_floats(widths, "--widths") if widths else None,
                      keep_rates=parse_floats(keep_rates, "--keep-rates") if keep_rates else None,
                      resolutions=parse_ints(resolutions, "--resolutions") if resolutions else None)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console) as bar:
+    with Progress(TextColumn("{task.description}", markup=False, style="bold"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[stats]}", markup=False), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("train", total=None, stats="")
         last: dict[str, Any] = {}
 
@@ -65,7 +68,7 @@ def train(
         return  # a data-parallel worker: rank 0 prints the table
     for r in runs:
         for note in r.notes:
-            console.print(f"[yellow]data:[/] {note}", highlight=False)
+            say("data:", note)
     table = Table(title=f"held-out top-1 per variant ({'separate models' if separate else 'one slimmable model'}, "
                         f"{result.seconds:.1f} s)")
     table.add_column("variant")

@@ -29,6 +29,7 @@ from typing import Any
 from exporter.convert.cache_admin import touch
 from exporter.convert.formats import DIRECTORY_SUFFIXES
 from exporter.fileio import atomic_write_json, sha256_file, sha256_tree
+from exporter.gate.files import dumps_strict
 
 CACHE_ENV = "SLIMVIT_CACHE_DIR"
 ENTRY_NAME = "entry.json"
@@ -81,7 +82,7 @@ class ArtifactCache:
 
     def key(self, **parts: Any) -> str:
         """sha256 over the JSON of ``parts``, the converter versions and slimvit's source."""
-        doc = json.dumps({"parts": parts, "versions": tool_versions()}, sort_keys=True, default=_plain)
+        doc = dumps_strict({"parts": parts, "versions": tool_versions()}, sort_keys=True, default=_plain)
         return hashlib.sha256(doc.encode()).hexdigest()
 
     def _dir(self, key: str) -> Path:

@@ -14,6 +14,7 @@ in ``artifact.latency`` and ``devices``; the ``pareto`` section is recomputed.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import SlimvitError
+from exporter.gate.files import loads_strict, read_capped
+from exporter.gate.limits import MAX_TEXT_BYTES
 from exporter.manifest import read_manifest, write_manifest
 from exporter.policy.pareto import bundle_fronts
 from exporter.policy.store import refresh_bundle_policy
@@ -237,14 +240,12 @@ def load_report(path: str | Path, manifest: dict[str, Any], device_id: str | Non
                 device_name: str | None = None, artifact: str | None = None) -> dict[str, Any]:
     """Read a device report (JSON) or a tool's text output as a validated device report."""
     path = Path(path)
-    if not path.is_file():
+
+    if not os.path.lexists(path):
         raise IngestError(f"report {path} does not exist")
-    text = path.read_text(errors="replace")
+    text = read_capped(path, "report", MAX_TEXT_BYTES, IngestError).decode("utf-8", errors="replace")
     if text.lstrip().startswith(("{", "[")):
-        try:
-            report = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise IngestError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        report = loads_strict(text, f"report {path}", IngestError)  # no NaN, huge ints, deep nesting
         return validate_report(report, str(path))
     if device_id is None:
         raise IngestError(f"{path} is tool output without a device; pass --device-id "

@@ -193,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # reported to the parent as one JSON line, not a traceback
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 1
-    print(json.dumps(result))
+    try:  # strict JSON, like everything slimvit writes (this worker imports no slimvit module)
+        print(json.dumps(result, allow_nan=False))
+    except ValueError:
+        print(json.dumps({"error": f"non-finite measurement: {result}"[:500]}))
+        return 1
     return 0
 
 

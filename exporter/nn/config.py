@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exporter.errors import ConfigError, check_choice, did_you_mean
+from exporter.gate.limits import LN_EPS_RANGE, MAX_IMG_SIZE
+from exporter.gate.models import model_config_dict
 
 SLICINGS = ("heads", "ratio")
 KEEP_RULES = ("supervit", "evit")
@@ -70,8 +72,15 @@ class ViTConfig:
         for name in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth",
                      "num_heads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f'"{name}" must be a positive integer, but got {value!r}')
+        for name in ("mlp_ratio", "min_ratio", "ln_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f'"{name}" must be a finite number, but got {value!r}')
+        if not LN_EPS_RANGE[0] <= self.ln_eps <= LN_EPS_RANGE[1]:
+            raise ConfigError(f'"ln_eps" must be in [{LN_EPS_RANGE[0]:g}, {LN_EPS_RANGE[1]:g}], '
+                              f"but got {self.ln_eps!r}")
         check_choice("slicing", self.slicing, SLICINGS)
         check_choice("keep_rule", self.keep_rule, KEEP_RULES)
         check_choice("token_reducer", self.token_reducer, TOKEN_REDUCERS)
@@ -96,7 +105,9 @@ class ViTConfig:
         object.__setattr__(self, "extra_resolutions",
                            tuple(sorted(set(int(r) for r in self.extra_resolutions) - {self.img_size})))
         blocks = self.prune_blocks if self.prune_blocks is not None else default_prune_blocks(self.depth)
-        blocks = tuple(sorted(set(int(b) for b in blocks)))
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
+            raise ConfigError(f'"prune_blocks" must be block indices (integers), but got {list(blocks)}')
+        blocks = tuple(sorted(set(blocks)))
         bad = [b for b in blocks if not 0 <= b < self.depth]
         if bad:
             raise ConfigError(f'"prune_blocks" must lie in 0..{self.depth - 1}, but got {bad}')
@@ -146,11 +157,8 @@ class ViTConfig:
             k = unknown[0]
             raise ConfigError(f'unknown model config key "{k}"{did_you_mean(k, valid)}; '
                               f"valid keys: {', '.join(valid)}")
-        kw = dict(d)
-        for key in ("extra_resolutions", "prune_blocks"):
-            if kw.get(key) is not None:
-                kw[key] = tuple(kw[key])
-        return cls(**kw)
+
+        return cls(**model_config_dict(d, "model config", ConfigError))
 
 
 @dataclass(frozen=True)
@@ -166,8 +174,9 @@ class Variant:
             raise ConfigError(f'width ratio must be in (0, 1], but got {self.width}')
         if not 0 < self.keep_rate <= 1:
             raise ConfigError(f"keep rate must be in (0, 1], but got {self.keep_rate}")
-        if self.resolution is not None and self.resolution <= 0:
-            raise ConfigError(f"resolution must be positive, but got {self.resolution}")
+        if self.resolution is not None and not 0 < self.resolution <= MAX_IMG_SIZE:
+            raise ConfigError(f"resolution must be in 1..{MAX_IMG_SIZE} px (what a phone runs), but got "
+                              f"{self.resolution}")
 
 
 @dataclass(frozen=True)

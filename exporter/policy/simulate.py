@@ -8,12 +8,15 @@ top-1 from the manifest; latency its measured p50 on ``device`` or a MACs-propor
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exporter.fileio import atomic_path, atomic_write_json
+from exporter.gate.files import read_capped
+from exporter.gate.limits import MAX_CSV_FIELD, MAX_TRACE_BYTES
 from exporter.manifest import read_manifest
 from exporter.policy.engine import Choice, DeviceState, Policy, PolicyError, decide, t_ms
 from exporter.policy.spec import policy_of, variant_accuracy, variant_p50
@@ -38,20 +41,30 @@ class TraceRow:
 def read_trace(path: str | Path) -> list[TraceRow]:
     """Parse and check a trace CSV; every error names the row and column."""
     path = Path(path)
-    if not path.is_file():
-        raise PolicyError(f"trace {path} does not exist")
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:  # bad bytes: a clear row error
-        reader = csv.DictReader(line for line in f if not line.lstrip().startswith("#"))
-        cols = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in TRACE_COLUMNS if c not in cols]
-        if missing:
-            raise PolicyError(f"trace {path.name} lacks column(s) {', '.join(missing)}; a trace needs "
-                              f"{','.join(TRACE_COLUMNS)} (found: {','.join(cols) or 'nothing'})")
-        rows = []
-        for n, raw in enumerate(reader, start=1):
-            r = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-            rows.append(TraceRow(_num(r, "t_s", n), _num(r, "battery", n), _bool(r, "charging", n),
-                                 r["thermal"], _bool(r, "low_power", n)))
+    data = read_capped(path, "trace", MAX_TRACE_BYTES, PolicyError)
+    lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)  # bad bytes: a clear row error
+    long = next((n for n, line in enumerate(lines, start=1) if len(line) > 8 * MAX_CSV_FIELD), None)
+    if long is not None:
+        raise PolicyError(f"trace {path.name} line {long} is over {8 * MAX_CSV_FIELD} characters; "
+                          f"a trace row is t_s,battery,charging,thermal,low_power")
+    try:
+        return _parse_trace(path, [line for line in lines if not line.lstrip().startswith("#")])
+    except csv.Error as e:
+        raise PolicyError(f"trace {path.name} is not CSV ({e})") from None
+
+
+def _parse_trace(path: Path, lines: list[str]) -> list[TraceRow]:
+    reader = csv.DictReader(lines)
+    cols = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in TRACE_COLUMNS if c not in cols]
+    if missing:
+        raise PolicyError(f"trace {path.name} lacks column(s) {', '.join(missing)}; a trace needs "
+                          f"{','.join(TRACE_COLUMNS)} (found: {','.join(cols) or 'nothing'})")
+    rows = []
+    for n, raw in enumerate(reader, start=1):
+        r = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        rows.append(TraceRow(_num(r, "t_s", n), _num(r, "battery", n), _bool(r, "charging", n),
+                             r["thermal"], _bool(r, "low_power", n)))
     if not rows:
         raise PolicyError(f"trace {path.name} has no rows")
     for n, (a, b) in enumerate(zip(rows, rows[1:], strict=False), start=2):
@@ -63,9 +76,12 @@ def read_trace(path: str | Path) -> list[TraceRow]:
 
 def _num(r: Mapping[str, str], col: str, n: int) -> float:
     try:
-        return float(r[col])
+        value = float(r[col])
     except ValueError:
-        raise PolicyError(f"trace row {n}: {col} must be a number, got {r[col]!r}") from None
+        raise PolicyError(f"trace row {n}: {col} must be a number, got {r[col][:40]!r}") from None
+    if not math.isfinite(value):
+        raise PolicyError(f"trace row {n}: {col} must be a finite number, got {r[col][:40]!r}")
+    return value
 
 
 def _bool(r: Mapping[str, str], col: str, n: int) -> bool:

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from exporter.errors import did_you_mean
+from exporter.gate.files import check_plain, loads_strict, read_capped
+from exporter.gate.limits import MAX_JSON_BYTES
 from exporter.manifest import read_manifest
 from exporter.manifest import schema as manifest_schema
 from exporter.policy.engine import PLATFORM_THERMAL, THERMAL_SCALE, Choice, DeviceState, Policy, PolicyError, decide
@@ -138,18 +139,20 @@ def check_policy(policy: Mapping[str, Any], manifest: Mapping[str, Any] | None =
 def read_policy_file(path: str | Path) -> dict[str, Any]:
     """A user's policy file (JSON, or YAML by suffix .yaml/.yml)."""
     path = Path(path)
-    if not path.is_file():
-        raise PolicyError(f"policy file {path} does not exist")
-    text = path.read_text(errors="replace")  # bad bytes become a clear parse error below
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
+
+    # bad bytes become a clear parse error below
+    text = read_capped(path, "policy file", MAX_JSON_BYTES, PolicyError).decode("utf-8", errors="replace")
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        doc = loads_strict(text, f"policy file {path}", PolicyError)
+    else:
+        try:
             import yaml
 
             doc = yaml.safe_load(text)
-        else:
-            doc = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
-        raise PolicyError(f"cannot parse policy file {path}: {e}".splitlines()[0]) from None
+        except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+            raise PolicyError(f"cannot parse policy file {path}: {e}".splitlines()[0]) from None
+        # YAML's .nan/.inf, dates, alias bombs and huge integers stop here
+        check_plain(doc, f"policy file {path}", PolicyError)
     if not isinstance(doc, dict):
         raise PolicyError(f"policy file {path} must hold a mapping of policy keys (see docs/policy.md)")
     return doc

@@ -15,6 +15,7 @@ from typing import Any
 
 from exporter.errors import check_choice
 from exporter.fileio import atomic_write_json
+from exporter.gate.files import read_json
 from exporter.manifest import read_manifest, tool_version
 from exporter.policy.engine import RULES, Choice, DeviceState, Policy, PolicyError, decide, t_ms
 from exporter.policy.spec import check_policy, default_policy, policy_of
@@ -238,7 +239,7 @@ def write_vectors(out: str | Path, bundle: str | Path | None = None, reference: 
 
 
 def read_vectors(path: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PolicyError(f"cannot read policy vectors {path}: {e}") from None
+    doc = read_json(path, "policy vectors", error=PolicyError)
+    if not isinstance(doc, dict):
+        raise PolicyError(f"policy vectors {path} must hold a JSON object")
+    return doc

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ConfigError, did_you_mean
+from exporter.gate.files import check_plain, read_text_capped
+from exporter.gate.limits import MAX_JSON_BYTES
+from exporter.gate.models import TrainNumbersIn, validate
 from exporter.nn.config import VariantGrid, ViTConfig
 
 # The small ViT every built-in run starts from (8x8 digit scans upsampled to 32 px; a 24 px
@@ -69,6 +72,9 @@ class TrainConfig:
     model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # strict types, finite numbers, bounds (exporter/gate/limits.py); the checks below say more
+        validate(TrainNumbersIn, {k: getattr(self, k) for k in TrainNumbersIn.model_fields},
+                 "training config", ConfigError)
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f'"{name}" must be an integer >= 1, but got {getattr(self, name)!r}')
@@ -146,16 +152,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         ConfigError: the file is missing, has another suffix, or does not parse.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     suffix = path.suffix.lower()
+    text = read_text_capped(path, "config file", MAX_JSON_BYTES, ConfigError)
     try:
         if suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         elif suffix == ".toml":
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(text)
         else:
             raise ConfigError(f'config file "{path.name}" must end in .yaml, .yml or .toml')
     except ConfigError:
@@ -164,7 +169,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot parse the config file ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config file must hold a mapping of keys, not {type(data).__name__}")
-    return data
+    return check_plain(data, f"config file {path}", ConfigError)
 
 
 def resolve_config(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:

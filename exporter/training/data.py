@@ -12,6 +12,7 @@ import torch
 
 from calibration.data import ImageSet, digits
 from exporter.errors import SlimvitError, did_you_mean
+from exporter.gate.images import image_errors, pillow
 
 BUILTIN = ("digits",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -55,6 +56,25 @@ def load_dataset(name: str, size: int, holdout: float = 0.2, seed: int = 0, limi
     if limit:
         split = DataSplit(split.train.subset(np.arange(min(limit, len(split.train)))),
                           split.heldout, split.notes)
+    return check_split(split, name)
+
+
+def check_split(split: DataSplit, name: str) -> DataSplit:
+    """At least one training and one held-out image per class; a one-class set gets a note
+    (every prediction is right, so its accuracy says nothing)."""
+    classes = split.class_names
+    if not len(split.train):
+        raise DatasetError(f'dataset "{name}" has no training images')
+    held = split.heldout.labels.astype(np.int64)
+    counts = np.bincount(held, minlength=len(classes)) if len(held) else np.zeros(len(classes), np.int64)
+    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DatasetError(f'dataset "{name}" has no held-out image of class(es) '
+                           f"{', '.join(empty[:8])}{' ...' if len(empty) > 8 else ''}; every class "
+                           f"needs at least 2 images (one is held out for evaluation)")
+    if len(classes) == 1:
+        split.notes.append(f'dataset "{name}" has one class ({classes[0]}): every prediction is right, '
+                           "so its 100% accuracy says nothing; add a second class")
     return split
 
 
@@ -94,8 +114,8 @@ def class_folders(root: Path) -> list[str]:
 def read_images(root: Path, classes: list[str], size: int) -> tuple[ImageSet, list[str]]:
     """Read every image under ``root/<class>/`` as RGB in [0, 1]; mixed modes and sizes are
     converted (and counted in the notes), unreadable files are an error listing them."""
-    from PIL import Image, UnidentifiedImageError
 
+    Image = pillow()
     files = [(c, p) for c, name in enumerate(classes) for p in sorted((root / name).rglob("*"))
              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     if not files:
@@ -115,7 +135,7 @@ def read_images(root: Path, classes: list[str], size: int) -> tuple[ImageSet, li
                     im = im.convert("RGB")
                 sizes.add(im.size)
                 images.append(im.copy())
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except image_errors() as e:  # DecompressionBombError: over the pixel cap, never decoded
             bad.append(f"{path} ({type(e).__name__})")
             continue
         labels.append(c)

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 import exporter.training.ddp as ddp
 from calibration.data import ImageSet, Preprocess
 from exporter.checkpoints import load_model, save_checkpoint, weights_digest
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, SlimvitError
 from exporter.fileio import atomic_write_json, atomic_write_text
+from exporter.gate.files import dumps_strict
 from exporter.nn.config import Subnet, ViTConfig
 from exporter.nn.model import SlimmableViT
 from exporter.training.config import TrainConfig, config_yaml
@@ -115,6 +116,10 @@ def load_teacher(path: str | None, num_classes: int) -> tuple[SlimmableViT, Prep
     return loaded.model.eval().requires_grad_(False), loaded.preprocess
 
 
+class DivergedError(SlimvitError):
+    """The loss became NaN or infinite: nothing after the last good epoch is kept."""
+
+
 def check_out(out: Path | None, resume: str | Path | None) -> None:
     if resume is not None and out is None:
         raise ConfigError("--resume needs --out: the folder the resumed run writes to")
@@ -199,7 +204,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | 
         history = read_history(out, start) if out else []
     if out is not None and d.is_main:
         atomic_write_text(out / CONFIG_FILE, config_yaml(cfg, {"resolved_model": run.model_cfg.to_dict()}))
-        atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
+        atomic_write_text(out / LOG_FILE, "".join(dumps_strict(r) + "\n" for r in history))
     images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
     n, B = len(data.train), min(cfg.batch_size, len(data.train))
     steps = math.ceil(n / B)
@@ -226,6 +231,11 @@ def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | 
             stats = ddp.reduce_gradients(params, share, torch.tensor([loss * share, correct, len(part)],
                                                                      dtype=torch.float64), d)
             sums += stats
+            if not math.isfinite(float(stats[0])):  # every rank sees the same reduced loss
+                kept = (f"; {out / STATE_FILE} still holds epoch {epoch}, the last good one"
+                        if out is not None and epoch > start else "")
+                raise DivergedError(f"training diverged: the loss is {float(stats[0])} at epoch {epoch + 1}, "
+                                    f"step {b + 1} (lr {lr_at(cfg, step, steps):.3g}){kept}; lower --lr")
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, steps)
@@ -253,7 +263,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | 
                 save_state(out / STATE_FILE, TrainState(model.state_dict(), opt.state_dict(), ema, epoch + 1,
                                                         step, run.model_cfg.to_dict(), cfg.to_dict()))
                 with open(out / LOG_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(dumps_strict(record) + "\n")
             if progress:
                 progress({"event": "epoch", **record})
     return finish(run, model, ema, history, time.time() - t_start)

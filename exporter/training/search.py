@@ -294,6 +294,8 @@ def run_search(checkpoint: str | Path, budget_macs: float, out: str | Path,
         CalibrationError: unreadable data.
     """
 
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(f"limit must be a sample count >= 0 (0: all), but got {limit!r}")
     cfg = dataclasses.replace(cfg or SearchConfig(), budget_macs=budget_macs)
     loaded = load_model(checkpoint)
     if not isinstance(loaded.model, SlimmableViT):

@@ -15,6 +15,7 @@ import torch
 
 from exporter.errors import CheckpointError
 from exporter.fileio import atomic_path
+from exporter.gate.files import dumps_strict
 from exporter.nn.config import ViTConfig
 
 STATE_FILE = "state.pt"
@@ -56,8 +57,8 @@ def save_state(path: Path, state: TrainState) -> None:
         "optimizer": state.optimizer,
         "ema": {k: v.detach().cpu() for k, v in state.ema.items()},
         "epoch": state.epoch, "step": state.step,
-        "model_config": json.dumps(state.model_config, sort_keys=True),
-        "train_config": json.dumps(state.train_config, sort_keys=True),
+        "model_config": dumps_strict(state.model_config, sort_keys=True),
+        "train_config": dumps_strict(state.train_config, sort_keys=True),
         "rng": rng_states(),
     }
     with atomic_path(path) as tmp:

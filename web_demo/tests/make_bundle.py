@@ -31,13 +31,13 @@ def code_hash() -> str:
 def build(out: Path) -> None:
     import numpy as np
     import torch
-    from exporter.quantize import quantize_options
     from PIL import Image
 
     from calibration.data import DIGITS_LABELS, digits
     from exporter import training
     from exporter.bundle.export import export_bundle
     from exporter.checkpoints import LoadedModel
+    from exporter.convert.quantize import quantize_options
     from exporter.demo import DEMO_TRAIN
     from exporter.nn.config import VariantGrid
 
@@ -91,8 +91,8 @@ def build(out: Path) -> None:
 def write_report_fixture(tmp: Path) -> None:
     """A copy of the bundle, profiled here with ONNX Runtime (so the report has a latency chart
     and a measured policy), and its `slimvit report` page: tests/report.test.mjs opens it."""
-    from exporter.profile import profile_bundle
-    from exporter.report import write_report
+    from exporter.measure.profile import profile_bundle
+    from exporter.measure.report import write_report
 
     shutil.copytree(tmp / "bundle", tmp / "report_bundle")
     profile_bundle(tmp / "report_bundle", ["onnxruntime"], runs=10, warmup=2)

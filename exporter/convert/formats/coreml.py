@@ -20,6 +20,7 @@ from torch import nn
 from exporter.convert.formats.base import ExportFormat, converter_error, quiet
 from exporter.errors import ConfigError, ValidationError, check_choice
 from exporter.fileio import sha256_file, sha256_tree
+from exporter.gate.files import dumps_strict
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -147,7 +148,7 @@ def save_package(mlmodel: Any, path: Path) -> None:
         ids[old] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"slimvit:{item['path']}:{digest}")).upper()
     doc["itemInfoEntries"] = {ids[k]: v for k, v in doc["itemInfoEntries"].items()}
     doc["rootModelIdentifier"] = ids[doc["rootModelIdentifier"]]
-    manifest.write_text(json.dumps(doc, indent=4, sort_keys=True) + "\n")
+    manifest.write_text(dumps_strict(doc, indent=4, sort_keys=True) + "\n")
 
 
 # A package is `Manifest.json` plus `Data/`; anything else at its root is converter debris, e.g.

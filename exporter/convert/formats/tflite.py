@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from exporter.convert.formats.base import ExportFormat, converter_error, quiet
 from exporter.errors import ValidationError
+from exporter.gate.files import dumps_strict
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 METADATA_NAME = "slimvit"  # JSON object of every slimvit.* key
@@ -167,7 +168,7 @@ def finish_flatbuffer(data: bytes, metadata: Mapping[str, str]) -> bytes:
         tensors[items[0].tensorIndex].name = name
     m.description = f"slimvit {metadata.get('slimvit.variant_id', '')}".strip()
     labels = json.loads(metadata["slimvit.labels"]) if "slimvit.labels" in metadata else []
-    entries = {METADATA_NAME: json.dumps(dict(sorted(metadata.items()))).encode("utf-8")}
+    entries = {METADATA_NAME: dumps_strict(dict(sorted(metadata.items()))).encode("utf-8")}
     if labels:
         entries[LABELS_NAME] = "\n".join(labels).encode("utf-8")
     m.metadata = [md for md in m.metadata or [] if _text(md.name) not in entries]
