@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 
 from exporter.checkpoints import save_checkpoint
 from tests.cli_runner import Hang, assert_user_error, run_cli, snapshot
-from tests.conftest import tiny_model
-from tests.test_verify import build_real_bundle
+from tests.conftest import build_real_bundle, tiny_model
 
 CLI_FUZZ = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -25,8 +25,7 @@ from exporter.checkpoints import load_model, save_checkpoint
 from exporter.errors import CheckpointError, ConfigError, SlimvitError
 from exporter.fileio import atomic_write_json
 from tests.cli_runner import assert_user_error, run_cli
-from tests.conftest import tiny_model
-from tests.test_verify import build_real_bundle
+from tests.conftest import build_real_bundle, tiny_model
 
 
 @pytest.fixture(scope="module")
