@@ -7,6 +7,7 @@ from typing import Any
 from exporter.errors import check_choice
 from exporter.formats.base import ExportFormat
 from exporter.formats.coreml import CoreMLFormat
+from exporter.formats.executorch import ExecuTorchFormat
 from exporter.formats.onnx import OnnxFormat
 from exporter.formats.tflite import TFLiteFormat
 
@@ -14,6 +15,7 @@ FORMATS: dict[str, type[ExportFormat]] = {
     OnnxFormat.name: OnnxFormat,
     TFLiteFormat.name: TFLiteFormat,
     CoreMLFormat.name: CoreMLFormat,
+    ExecuTorchFormat.name: ExecuTorchFormat,
 }
 
 

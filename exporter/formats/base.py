@@ -54,6 +54,11 @@ class ExportFormat(ABC):
         """Name and version of what `run` uses, recorded with every validation."""
         return self.name
 
+    def delegation(self, path: Path) -> dict | None:
+        """How much of the artifact a CPU delegate runs (`exporter.formats.delegation`), for
+        formats that have one; recorded in the manifest under the artifact."""
+        return None
+
     def check(self, path: Path, module: nn.Module, example: np.ndarray) -> list[str]:
         """Validate an artifact without running it (for hosts where `can_run` is false).
 

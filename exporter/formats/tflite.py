@@ -81,6 +81,11 @@ class TFLiteFormat(ExportFormat):
             rows.append(it.get_tensor(out["index"]).copy())
         return np.concatenate(rows)
 
+    def delegation(self, path: Path) -> dict:
+        from exporter.formats.delegation import tflite_delegation
+
+        return tflite_delegation(path)
+
     def runtime_version(self) -> str:
         import importlib.metadata
 

@@ -137,7 +137,7 @@ def _load_all() -> None:
     """Import the per-format quantizer modules (they register themselves); cheap after the first."""
     import importlib
 
-    for mod in ("onnx", "tflite", "coreml"):
+    for mod in ("onnx", "tflite", "coreml", "executorch"):
         try:
             importlib.import_module(f"exporter.quantize.{mod}")
         except ModuleNotFoundError as e:
