@@ -3,6 +3,7 @@ every variant to a validated bundle and measure each artifact's held-out accurac
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ DEMO_TRAIN = TrainConfig(dataset="digits", recipe="scala", epochs=50, lr=2e-3,
                          widths=DEMO_GRID.widths, keep_rates=DEMO_GRID.keep_rates,
                          resolutions=DEMO_GRID.resolutions,
                          model={k: v for k, v in DEMO_MODEL.to_dict().items() if k != "num_classes"})
-DEMO_FORMATS = ("onnx", "tflite", "coreml")
+# ExecuTorch is an extra (slimvit[executorch]); the demo includes it where it is installed.
+DEMO_FORMATS = ("onnx", "tflite", "coreml") + (("executorch",) if importlib.util.find_spec("executorch") else ())
 # Every registered precision of DEMO_FORMATS (exporter.quantize), calibrated on the training split.
 DEMO_PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-xnnpack", "int8-weights", "palettized")
 
