@@ -120,7 +120,8 @@ def set_threads(threads: int) -> None:
     from executorch.extension.pybindings import portable_lib
 
     if portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
+        with quiet():  # it logs the reset from C++
+            portable_lib._unsafe_reset_threadpool(threads)
 
 
 def load_program(path: Path) -> Any:  # -> executorch.runtime.Program

@@ -24,8 +24,7 @@ import torch
 from exporter.formats.base import quiet
 from exporter.quantize.registry import Precision, QuantJob, register
 
-# Module names a retry keeps in float (StaticViT's names); XNNPACKQuantizer leaves LayerNorm,
-# softmax and GELU in float in every case.
+# Module names a retry keeps in float (StaticViT's names).
 _SENSITIVE_MODULES = {"first": ("patch_embed",), "last": ("head", "head_dist")}
 
 
@@ -50,6 +49,10 @@ def quantize_fp16(job: QuantJob) -> None:
 
 
 def _quantizer(job: QuantJob, dynamic: bool):
+    """XNNPACKQuantizer for the job. A retry (``float_ops`` set) quantizes only the linear and
+    convolution layers, so the residual adds, muls and concatenations stay float too, and keeps
+    the first/last layers float when asked (XNNPACKQuantizer leaves LayerNorm, softmax and GELU
+    float in every case)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config,
     )
@@ -61,12 +64,22 @@ def _quantizer(job: QuantJob, dynamic: bool):
         spec = dataclasses.replace(config.input_activation,
                                    observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
         config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
-    quantizer = XNNPACKQuantizer().set_global(config)
-    for kind in job.float_ops:
-        for name in _SENSITIVE_MODULES.get(kind, ()):
-            if getattr(job.module, name, None) is not None:
-                quantizer.set_module_name(name, None)
-    return quantizer
+    quantizer = XNNPACKQuantizer()
+    if not job.float_ops:
+        return quantizer.set_global(config)
+    for op in (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default):
+        quantizer.set_operator_type(op, config)
+    skip = tuple(n for kind in job.float_ops for n in _SENSITIVE_MODULES.get(kind, ()))
+    return quantizer.set_filter_function(lambda node: not _in_modules(node, skip))
+
+
+def _in_modules(node, names: tuple[str, ...]) -> bool:
+    """Whether an exported graph node comes from one of the top-level submodules ``names``."""
+    for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+        top = path.split(".")[0] if path else ""
+        if top in names:
+            return True
+    return False
 
 
 def _pt2e(job: QuantJob, precision: str, dynamic: bool) -> None:
@@ -98,8 +111,8 @@ FP16 = register(Precision("fp16", "executorch", "float16 weights and XNNPACK fp1
                           "input/output", calibrated=False, min_agreement=0.97, quantize=quantize_fp16))
 INT8 = register(Precision("int8", "executorch", "pt2e static int8 (XNNPACKQuantizer: per-channel "
                           "symmetric weights, per-tensor activations calibrated on the variant's "
-                          "inputs) for linear/conv/add/mul; LayerNorm, softmax, GELU in float; "
-                          "float32 input/output", calibrated=True, min_agreement=0.8,
+                          "inputs) for linear/conv/add/mul/cat; LayerNorm, softmax, GELU in float; "
+                          "a retry quantizes only linear/conv; float32 input/output", calibrated=True, min_agreement=0.8,
                           quantize=quantize_int8))
 INT8_DYNAMIC = register(Precision("int8-dynamic", "executorch", "pt2e dynamic int8: per-channel int8 "
                                   "weights of the linear layers, activations quantized per run",
