@@ -17,6 +17,7 @@ from typing import Any
 from exporter.fileio import atomic_write_bytes, atomic_write_text
 from exporter.manifest import read_manifest
 from exporter.pareto import bundle_fronts
+from exporter.report_delegation import delegation_table
 
 CHART_SIZE = (6.4, 4.8)  # inches; at CHART_DPI a 640 x 480 PNG
 CHART_DPI = 100
@@ -232,6 +233,8 @@ latency on that device for latency); grey rows are on no front, and a policy nev
 {variant_table(manifest)}
 <h2>Devices</h2>
 {_devices_table(manifest)}
+<h2>XNNPACK delegation</h2>
+{delegation_table(manifest)}
 <h2>Charts</h2>
 <div class="charts">{imgs}</div>
 </body></html>

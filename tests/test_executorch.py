@@ -29,6 +29,7 @@ from exporter.formats.executorch import (  # noqa: E402
 )
 from exporter.manifest import SCHEMA_VERSION  # noqa: E402
 from exporter.quantize import QuantizeOptions, precision_names  # noqa: E402
+from exporter.report import render_html  # noqa: E402
 from exporter.validate import validate_artifact  # noqa: E402
 from tests.conftest import tiny_model  # noqa: E402
 from tests.test_quantize import ONE, PRE, probed_model  # noqa: E402
@@ -193,6 +194,12 @@ def test_precisions_run_in_the_runtime_within_budget_with_delegation(tmp_path):
     assert arts[("executorch", "int8")]["bytes"] < 0.5 * fp32["bytes"]
     assert arts[("tflite", "fp32")]["delegation"]["partitions"] == 1
     assert arts[("tflite", "fp32")]["delegation"]["fallback_ops"] == {}
+    # ... and `slimvit report` shows it: one row per ExecuTorch/TFLite artifact, LayerNorm named.
+    from exporter.report_delegation import delegation_table
+
+    table = delegation_table(manifest)
+    assert table.count("<tr>") == 1 + len(arts) and "aten::native_layer_norm ×" in table
+    assert "XNNPACK delegation" in render_html(manifest, {})
 
 
 def test_without_the_extra_asking_for_the_format_is_one_line_naming_it(tmp_path):
