@@ -10,6 +10,7 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
 
 # Importing a command module registers its commands; `slimvit --help` lists them in this order.
 import exporter.commands.export  # noqa: F401  variants, export, demo
@@ -36,7 +37,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except SlimvitError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # text, not markup
         sys.exit(2)
     except _CLICK_ERRORS as e:
         e.show()

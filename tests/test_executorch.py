@@ -147,27 +147,50 @@ def test_timm_style_vit_exports_at_two_widths_and_keep_rates(tmp_path):
         assert np.abs(got - want.numpy()).max() <= ATOL, v["id"]
 
 
-def test_hydravit_checkpoint_exports_every_head_count_within_tolerance(tmp_path):
+@pytest.fixture(scope="module")
+def hydravit_bundle(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hydravit")
     sd = random_vit(embed=64, depth=3, seed=3)
-    ckpt = tmp_path / "last.pth.tar"
+    ckpt = tmp / "last.pth.tar"
     torch.save({"epoch": 299, "arch": "hydravit", "state_dict": sd,
                 "args": argparse.Namespace(model="hydravit", heads=[1, 2, 3, 4]), "version": 2}, ckpt)
     loaded = load(ckpt, num_heads=4)
-    out = tmp_path / "b"
+    assert loaded.source_format == "hydravit"
+    out = tmp / "b"
     manifest = export_checkpoint_bundle(loaded, VariantGrid((0.25, 0.75), (1.0, 0.7)), out,
                                         formats=["executorch"])
+    return sd, loaded, out, manifest
+
+
+def test_hydravit_checkpoint_exports_at_two_head_counts_and_keep_rates(hydravit_bundle):
+    sd, loaded, out, manifest = hydravit_bundle
     x = torch.from_numpy(_inputs(32, n=3, seed=12))
     fmt = get_format("executorch")
     assert len(manifest["variants"]) == 4
     for v in manifest["variants"]:
         got = fmt.run(out / v["artifacts"][0]["path"], x.numpy())
-        if v["keep_rate"] == 1.0:
+        if v["keep_rate"] == 1.0:  # against the independent reference of the first k heads
             k = v["num_heads"]
             want = vit_forward(hydravit_subnet(sd, k, 16), x, num_heads=k)
         else:
             with torch.no_grad():
                 want = loaded.model(x, Variant(v["width"], v["keep_rate"], 32))
         assert np.abs(got - want.numpy()).max() <= ATOL, v["id"]
+
+
+def test_profile_measures_pte_artifacts_in_a_fresh_process(hydravit_bundle, tmp_path):
+    import shutil
+
+    from exporter.profile import profile_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(hydravit_bundle[2], bundle)
+    manifest = profile_bundle(bundle, ["executorch"], runs=4, warmup=1, device_id="ci-host")
+    for v in manifest["variants"]:
+        (lat,) = [a["latency"]["ci-host"] for a in v["artifacts"]]
+        assert lat["runtime"] == "executorch" and lat["runs"] == 4 and lat["threads"] == 1
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+        assert lat["load_ms"] > 0 and lat["first_ms"] > 0 and lat["peak_mb"] >= 0
 
 
 def test_precisions_run_in_the_runtime_within_budget_with_delegation(tmp_path):
@@ -213,7 +236,8 @@ def test_without_the_extra_asking_for_the_format_is_one_line_naming_it(tmp_path)
             "importlib.util.find_spec = (lambda f: lambda n, *a: None if n.split('.')[0] == 'executorch' "
             "else f(n, *a))(importlib.util.find_spec)\n"
             "from exporter.cli import main\n"
-            "sys.argv = ['slimvit', 'export', sys.argv[1], '--out', sys.argv[2], '--formats', 'onnx,executorch']\n"
+            "sys.argv = ['slimvit', 'export', sys.argv[1], '--out', sys.argv[2], '--formats', 'onnx,executorch', '--num-heads', '2',\n"
+            "             '--widths', '1.0', '--keep-rates', '1.0']\n"
             "main()\n")
     sd = random_vit(embed=32, depth=2, seed=1)
     torch.save(sd, tmp_path / "vit.pth")

@@ -83,12 +83,12 @@ def _in_modules(node, names: tuple[str, ...]) -> bool:
 
 
 def _pt2e(job: QuantJob, precision: str, dynamic: bool) -> None:
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
     if not dynamic and job.calibration is None:
         raise ValueError("static int8 needs calibration inputs")
     x = torch.from_numpy(job.example)
-    with quiet():
+    with quiet():  # torchao's import reports optional CUDA kernels it cannot load
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
         graph = torch.export.export(copy.deepcopy(job.module).eval(), (x,)).module()
         prepared = prepare_pt2e(graph, _quantizer(job, dynamic))
         samples = job.calibration if not dynamic else job.example
