@@ -247,3 +247,18 @@ def test_without_the_extra_asking_for_the_format_is_one_line_naming_it(tmp_path)
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert 'slimvit[executorch]' in r.stderr and "Traceback" not in r.stderr
     assert len([ln for ln in lines if "executorch" in ln]) >= 1 and not (tmp_path / "out").exists()
+
+
+def test_verify_accepts_the_bundle_and_rejects_a_pte_of_another_schema(hydravit_bundle, tmp_path):
+    from exporter.verify import check_bundle, runtime_problems
+
+    out = hydravit_bundle[2]
+    report = check_bundle(out)
+    assert report.ok, report.problems
+    pte = out / hydravit_bundle[3]["variants"][0]["artifacts"][0]["path"]
+    assert runtime_problems(pte, "executorch") == []
+    other = tmp_path / "old.pte"
+    data = bytearray(pte.read_bytes())
+    data[4:8] = b"ET11"
+    other.write_bytes(bytes(data))
+    assert runtime_problems(other, "executorch") == ["not an ExecuTorch ET12 program (identifier b'ET11')"]
