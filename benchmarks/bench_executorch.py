@@ -137,12 +137,21 @@ def measure_shape(label: str, module: nn.Module, calib: np.ndarray, work: Path, 
                                                          for k in ("fp32", "int8", "int8-xnnpack")])
         print(f"  exported {label} {fmt_name}: {secs} ({load()})", file=sys.stderr, flush=True)
     x = calib[:1]
-    ms = time_interleaved({k: runner(k[0], v, x) for k, v in paths.items()}, runs)
+    runners, failed = {}, {}
+    for k, v in paths.items():
+        try:
+            runners[k] = runner(k[0], v, x)
+        except Exception as e:  # an artifact its own runtime cannot load: reported, not timed
+            failed[k] = f"fails to load: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    ms = time_interleaved(runners, runs)
     rows, deleg = [], []
-    for (fmt_name, prec), m in ms.items():
-        base = ms[(fmt_name, "fp32")]
-        rows.append([label, RUNTIME[fmt_name], prec, f"{m:.2f}", f"{base / m:.2f}x",
-                     f"{paths[(fmt_name, prec)].stat().st_size / 2 ** 20:.2f}"])
+    for (fmt_name, prec) in paths:
+        size = f"{paths[(fmt_name, prec)].stat().st_size / 2 ** 20:.2f}"
+        if (fmt_name, prec) in failed:
+            rows.append([label, RUNTIME[fmt_name], prec, failed[(fmt_name, prec)], "-", size])
+            continue
+        m, base = ms[(fmt_name, prec)], ms[(fmt_name, "fp32")]
+        rows.append([label, RUNTIME[fmt_name], prec, f"{m:.2f}", f"{base / m:.2f}x", size])
         if fmt_name != "onnx":
             deleg.append([label, RUNTIME[fmt_name], prec, share(fmt_name, paths[(fmt_name, prec)])])
     return rows, export_rows, deleg
@@ -242,7 +251,7 @@ def main() -> None:
 
 
 def summarize(rows: list[list]) -> list[list]:
-    by = {(r[0], r[1], r[2]): float(r[3]) for r in rows}
+    by = {(r[0], r[1], r[2]): float(r[3]) for r in rows if r[4] != "-"}
     out = []
     for (label, rt, prec), m in by.items():
         if prec == "fp32":

@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     a = p.parse_args(argv)
+    # Run as a script, this file's directory is first on sys.path, and its sibling profile.py would
+    # shadow the standard library's `profile` that runtimes import (ExecuTorch does, via torch).
+    if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)
     try:
         result = measure(RUNTIMES[a.runtime], a.model, a.threads, a.runs, a.warmup)
     except Exception as e:  # reported to the parent as one JSON line, not a traceback
