@@ -133,7 +133,7 @@ def measure_shape(label: str, module: nn.Module, calib: np.ndarray, work: Path, 
     for fmt_name in PRECISIONS:
         p, secs = make(fmt_name, module, calib, work, f"{label}-{fmt_name}")
         paths |= {(fmt_name, k): v for k, v in p.items()}
-        export_rows.append([label, RUNTIME[fmt_name]] + [f"{secs.get(k, float('nan')):.1f}"
+        export_rows.append([label, RUNTIME[fmt_name]] + [f"{secs[k]:.1f}" if k in secs else "-"
                                                          for k in ("fp32", "int8", "int8-xnnpack")])
         print(f"  exported {label} {fmt_name}: {secs} ({load()})", file=sys.stderr, flush=True)
     x = calib[:1]
