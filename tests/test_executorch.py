@@ -79,7 +79,8 @@ def test_registry_lists_executorch_and_its_precisions():
     assert precision_names("executorch") == ["fp32", "fp16", "int8", "int8-dynamic"]
 
 
-@pytest.mark.parametrize("v", [PRUNED, Variant(0.25, 0.7, 24)], ids=lambda v: f"w{v.width}_k{v.keep_rate}_r{v.resolution}")
+@pytest.mark.parametrize("v", [PRUNED, Variant(0.25, 0.7, 24)],
+                         ids=lambda v: f"w{v.width}_k{v.keep_rate}_r{v.resolution}")
 def test_runtime_matches_the_slimmable_model(v, pruned, tmp_path):
     model, path = pruned
     if v != PRUNED:
@@ -236,7 +237,8 @@ def test_without_the_extra_asking_for_the_format_is_one_line_naming_it(tmp_path)
             "importlib.util.find_spec = (lambda f: lambda n, *a: None if n.split('.')[0] == 'executorch' "
             "else f(n, *a))(importlib.util.find_spec)\n"
             "from exporter.cli import main\n"
-            "sys.argv = ['slimvit', 'export', sys.argv[1], '--out', sys.argv[2], '--formats', 'onnx,executorch', '--num-heads', '2',\n"
+            "sys.argv = ['slimvit', 'export', sys.argv[1], '--out', sys.argv[2],\n"
+            "            '--formats', 'onnx,executorch', '--num-heads', '2',\n"
             "             '--widths', '1.0', '--keep-rates', '1.0']\n"
             "main()\n")
     sd = random_vit(embed=32, depth=2, seed=1)

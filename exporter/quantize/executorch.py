@@ -112,8 +112,8 @@ FP16 = register(Precision("fp16", "executorch", "float16 weights and XNNPACK fp1
 INT8 = register(Precision("int8", "executorch", "pt2e static int8 (XNNPACKQuantizer: per-channel "
                           "symmetric weights, per-tensor activations calibrated on the variant's "
                           "inputs) for linear/conv/add/mul/cat; LayerNorm, softmax, GELU in float; "
-                          "a retry quantizes only linear/conv; float32 input/output", calibrated=True, min_agreement=0.8,
-                          quantize=quantize_int8))
+                          "a retry quantizes only linear/conv; float32 input/output", calibrated=True,
+                          min_agreement=0.8, quantize=quantize_int8))
 INT8_DYNAMIC = register(Precision("int8-dynamic", "executorch", "pt2e dynamic int8: per-channel int8 "
                                   "weights of the linear layers, activations quantized per run",
                                   calibrated=False, min_agreement=0.8, quantize=quantize_int8_dynamic))
