@@ -16,6 +16,8 @@ import operator
 from pathlib import Path
 from typing import Any
 
+from exporter.formats.base import quiet
+
 
 def report(backend: str, partitions: int, ops: int, fallback: dict[str, int], macs: int,
            fallback_macs: int) -> dict[str, Any]:
@@ -95,8 +97,6 @@ def tflite_delegation(path: Path) -> dict[str, Any]:
     """Delegation report of a `.tflite` under LiteRT's default XNNPACK delegate (one thread)."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.tools import flatbuffer_utils as fu
-
-    from exporter.formats.base import quiet
 
     m = fu.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
     sg = m.subgraphs[0]
