@@ -15,10 +15,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import host, md_table, time_fn, write_section  # noqa: E402
 from benchmarks.reference_vit import ReferenceViT  # noqa: E402
+from exporter.convert.formats import get_format  # noqa: E402
 from exporter.nn.config import VariantGrid, ViTConfig  # noqa: E402
 from exporter.nn.cost import mac_count  # noqa: E402
 from exporter.nn.extract import extract_variant, static_spec  # noqa: E402
-from exporter.convert.formats import get_format  # noqa: E402
 from exporter.nn.model import SlimmableViT  # noqa: E402
 
 ROUNDS, RUNS = 3, 40

@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import host, md_table, time_fn, write_section  # noqa: E402
-from exporter.nn.config import Variant  # noqa: E402
-from exporter.demo import DEMO_MODEL  # noqa: E402
-from exporter.nn.extract import extract_variant  # noqa: E402
 from exporter.convert.formats import get_format  # noqa: E402
 from exporter.convert.formats.base import quiet  # noqa: E402
+from exporter.demo import DEMO_MODEL  # noqa: E402
+from exporter.nn.config import Variant  # noqa: E402
+from exporter.nn.extract import extract_variant  # noqa: E402
 from exporter.nn.model import SlimmableViT  # noqa: E402
 
 VARIANTS = [Variant(0.25, 1.0, 32), Variant(0.5, 0.5, 32), Variant(1.0, 1.0, 32), Variant(1.0, 0.5, 24)]

@@ -24,8 +24,8 @@ from pathlib import Path
 from common import host, md_table, time_fn, write_section
 
 from exporter.policy.engine import DeviceState, Policy, decide
-from exporter.policy.spec import default_policy, variant_accuracy
 from exporter.policy.simulate import read_trace, replay, summarize
+from exporter.policy.spec import default_policy, variant_accuracy
 
 TRACES = Path(__file__).resolve().parents[1] / "examples" / "traces"
 TRACE_NAMES = ("drain_60min", "thermal_throttling", "charge_cycle", "noisy_sensor")

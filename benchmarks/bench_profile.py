@@ -86,9 +86,9 @@ def paired(a, b) -> tuple[list[float], list[float]]:
 def main() -> None:
     from exporter.bundle.export import export_bundle
     from exporter.checkpoints import LoadedModel
+    from exporter.measure.profile import RUNTIMES, run_worker
     from exporter.nn.config import VariantGrid, ViTConfig
     from exporter.nn.model import SlimmableViT
-    from exporter.measure.profile import RUNTIMES, run_worker
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -25,11 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import host, md_table, write_section  # noqa: E402
 from calibration.data import digits  # noqa: E402
+from exporter.convert.formats import get_format  # noqa: E402
+from exporter.convert.quantize import QuantJob, get_precision  # noqa: E402
 from exporter.nn.config import VariantGrid, ViTConfig  # noqa: E402
 from exporter.nn.extract import extract_variant  # noqa: E402
-from exporter.convert.formats import get_format  # noqa: E402
 from exporter.nn.model import SlimmableViT  # noqa: E402
-from exporter.convert.quantize import QuantJob, get_precision  # noqa: E402
 
 DEIT_TI = ViTConfig(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=1000)
 ROUNDS, RUNS = 5, 8
@@ -114,11 +114,10 @@ def latency_rows(fmt_name: str, precisions: list[str], runner, module, calib, wo
 
 
 def accuracy_rows(checkpoint: Path, formats: list[str]) -> list[list]:
+    from calibration.sources import load_calibration
     from exporter.api import load
     from exporter.bundle.export import export_bundle
     from exporter.convert.quantize import QuantizeOptions
-    from calibration.sources import load_calibration
-
     from exporter.demo import DEMO_GRID
 
     loaded = load(checkpoint)

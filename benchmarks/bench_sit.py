@@ -24,10 +24,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import host, md_table, time_fn, write_section  # noqa: E402
 from calibration.data import Preprocess, digits  # noqa: E402
+from exporter.convert.formats import get_format  # noqa: E402
 from exporter.nn.config import Variant, VariantGrid, ViTConfig  # noqa: E402
 from exporter.nn.cost import mac_count  # noqa: E402
 from exporter.nn.extract import extract_variant, static_spec  # noqa: E402
-from exporter.convert.formats import get_format  # noqa: E402
 from exporter.nn.model import SlimmableViT  # noqa: E402
 from exporter.training.sit import SitConfig, student_from_teacher, top1, train_sit  # noqa: E402
 

@@ -16,8 +16,8 @@ import time
 from datetime import UTC, datetime
 
 import torch
-
 from common import host, md_table, write_section  # noqa: I001  (common puts the repo on sys.path)
+
 from calibration.data import digits
 from exporter.demo import DEMO_TRAIN
 from exporter.training import train, train_separate

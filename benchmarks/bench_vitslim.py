@@ -25,14 +25,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_sit import quick_teacher  # noqa: E402
 from benchmarks.common import host, md_table, time_fn, write_section  # noqa: E402
 from calibration.data import Preprocess, digits  # noqa: E402
+from exporter.convert.formats import get_format  # noqa: E402
 from exporter.nn.config import Variant, ViTConfig  # noqa: E402
 from exporter.nn.cost import mac_count  # noqa: E402
 from exporter.nn.extract import extract_variant, static_spec  # noqa: E402
-from exporter.convert.formats import get_format  # noqa: E402
 from exporter.nn.model import SlimmableViT  # noqa: E402
 from exporter.nn.searched import full_macs  # noqa: E402
-from exporter.training.search import (Masks, SearchConfig, extract_structure, finetune, search, search_data,  # noqa: E402
-                              structure_for_budget)
+from exporter.training.search import (  # noqa: E402
+    Masks,
+    SearchConfig,
+    extract_structure,
+    finetune,
+    search,
+    search_data,
+    structure_for_budget,
+)
 
 SEARCH_EPOCHS, FINETUNE_EPOCHS, ROUNDS, RUNS = 3, 3, 3, 30
 

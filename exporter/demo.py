@@ -29,9 +29,10 @@ DEMO_TRAIN = TrainConfig(dataset="digits", recipe="scala", epochs=50, lr=2e-3,
                          widths=DEMO_GRID.widths, keep_rates=DEMO_GRID.keep_rates,
                          resolutions=DEMO_GRID.resolutions,
                          model={k: v for k, v in DEMO_MODEL.to_dict().items() if k != "num_classes"})
-DEMO_FORMATS = tuple(FORMATS)  # every registered format
+# Every registered format whose converter is installed (ExecuTorch is the extra slimvit[executorch]).
+DEMO_FORMATS = tuple(name for name, fmt in FORMATS.items() if fmt.available())
 # Every registered precision of DEMO_FORMATS (exporter.convert.quantize), calibrated on the training split.
-DEMO_PRECISIONS = tuple(precision_names())  # every registered precision of those formats
+DEMO_PRECISIONS = tuple(precision_names())
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def test_a_bundle_without_runnable_artifacts_says_which_formats_run(tmp_path):
         v["artifacts"] = [a for a in v["artifacts"] if a["format"] != "tflite"]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ProfileError, match=r"no artifact that litert can run \(formats here: onnx; "
-                                           r"onnxruntime runs onnx, litert runs tflite\)"):
+                                           r"onnxruntime runs onnx, litert runs tflite, executorch runs executorch\)"):
         profile_bundle(bundle, ["litert"])
 
 

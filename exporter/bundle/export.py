@@ -118,6 +118,8 @@ def export_variant(loaded: LoadedModel, s: Subnet, fmt: ExportFormat, out: Path,
     entry = {"format": fmt.name, "precision": "fp32", "path": rel.as_posix(),
              "sha256": sha256_tree(target) if is_dir else sha256_file(target),
              "bytes": tree_bytes(target), "validation": report.to_dict()}
+    if (delegation := fmt.delegation(target)) is not None:
+        entry["delegation"] = delegation
     if cache is not None:
         cache.store(key, target, entry)
     return entry

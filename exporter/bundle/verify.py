@@ -45,6 +45,7 @@ class Limits:
 
 # The oldest runtimes the apps ship (docs/security.md). An artifact that needs a newer one loads
 # in our tests but fails on the phone, so it is a verification problem, not a warning.
+EXECUTORCH_SCHEMA = b"ET12"  # the .pte flatbuffer identifier ExecuTorch 1.x writes and loads
 ONNX_OPSET = (17, 21)  # onnxruntime >= 1.18 (opset 21, IR 10); 17 is the oldest we export
 ONNX_IR_VERSION = (8, 10)
 COREML_SPEC_VERSION = (7, 9)  # iOS 16 .. iOS 18
@@ -309,6 +310,8 @@ def runtime_problems(path: Path, fmt: Any) -> list[str]:
             return _tflite_problems(path)
         if fmt == "coreml":
             return _coreml_problems(path)
+        if fmt == "executorch":
+            return _executorch_problems(path)
     except (OSError, ValueError, IndexError) as e:
         return [f"cannot read its {fmt} header ({e})"]
     return []
@@ -347,6 +350,15 @@ def _tflite_problems(path: Path) -> list[str]:
     version = int.from_bytes(head[table + off:table + off + 4], "little") if off else 0
     if version != TFLITE_SCHEMA_VERSION:
         return [f"TFLite schema version {version}, the apps read {TFLITE_SCHEMA_VERSION}"]
+    return []
+
+
+def _executorch_problems(path: Path) -> list[str]:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # The program flatbuffer's file identifier names its schema version; runtime 1.x loads ET12.
+    if len(head) < 8 or head[4:8] != EXECUTORCH_SCHEMA:
+        return [f"not an ExecuTorch {EXECUTORCH_SCHEMA.decode()} program (identifier {head[4:8]!r})"]
     return []
 
 

@@ -22,7 +22,8 @@ from exporter.measure.summary import policy_lines, skipped, summarize_device
 def profile(
         bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
         runtime: Annotated[str | None, typer.Option(
-            "--runtime", help="Comma-separated runtimes (onnxruntime, litert); default: all installed.")] = None,
+            "--runtime",
+            help="Comma-separated runtimes (onnxruntime, litert, executorch); default: all installed.")] = None,
         threads: Annotated[int, typer.Option("--threads", help="Intra-op threads (0 = runtime default).")] = 1,
         runs: Annotated[int, typer.Option("--runs", help="Timed inferences per artifact.")] = 50,
         warmup: Annotated[int, typer.Option("--warmup", help="Untimed inferences after the first.")] = 5,

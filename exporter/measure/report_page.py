@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from exporter.measure.report_delegation import delegation_table
 from exporter.policy.engine import DeviceState, Policy, decide
 from exporter.policy.pareto import pareto_front
 from exporter.policy.tiers import TierBasis, artifact, default_basis, variant_points
@@ -304,6 +305,10 @@ an app runs one.</p>
 {charts_html}
 <h2>3. Every artifact</h2>
 {table_section(manifest)}
+<h2>4. What runs in the XNNPACK delegate</h2>
+<p class="note">Per ExecuTorch and TFLite artifact: ops and MACs the delegate runs, how many
+partitions the graph is cut into, and the op types that fall back to the portable kernels.</p>
+{delegation_table(manifest)}
 <script>{get_plotlyjs()}</script>
 <script>{plots}{FILTER_JS}</script>
 </body></html>

@@ -4,9 +4,11 @@
 
 `exporter.measure.profile` starts this file once per artifact, so the memory and the caches of one
 measurement never leak into the next. It imports only the standard library, numpy and the one
-runtime it measures (never torch or the rest of slimvit: importing those would take seconds and
-hundreds of MB before the measurement starts), so it also runs as ``python -m
-exporter.measure.worker`` or copied on its own to another machine.
+runtime it measures (never the rest of slimvit, nor torch for runtimes that do not need it:
+importing those would take seconds and hundreds of MB before the measurement starts), so it also
+runs as ``python -m exporter.measure.worker`` or copied on its own to another machine. The
+ExecuTorch runtime's Python API takes torch tensors, so it loads torch, before the memory
+baseline is taken.
 """
 
 from __future__ import annotations
@@ -100,13 +102,38 @@ def _random_input(shape: list, dtype: type) -> np.ndarray:
     return x.astype(dtype)
 
 
-_LOADERS: dict[str, Callable[[Path, int], Invoke]] = {"onnxruntime": _ort_load, "litert": _litert_load}
-_VERSIONS: dict[str, Callable[[], str]] = {"onnxruntime": _ort_version, "litert": _litert_version}
+def _executorch_version() -> str:
+    import importlib.metadata
+
+    import executorch.runtime  # noqa: F401  (imports torch: kept out of the memory baseline)
+
+    return importlib.metadata.version("executorch")
+
+
+def _executorch_load(path: Path, threads: int) -> Invoke:
+    # The ExecuTorch runtime takes torch tensors, so torch is loaded with it (before the baseline).
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime as ETRuntime
+
+    if threads > 0 and portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)  # the XNNPACK delegate's thread pool
+    method = ETRuntime.get().load_program(path).load_method("forward")
+    shape = [int(d) for d in method.metadata.input_tensor_meta(0).sizes()]
+    x = [torch.from_numpy(_random_input(shape, np.float32))]
+    return lambda: method.execute(x)
+
+
+_LOADERS: dict[str, Callable[[Path, int], Invoke]] = {"onnxruntime": _ort_load, "litert": _litert_load,
+                                                      "executorch": _executorch_load}
+_VERSIONS: dict[str, Callable[[], str]] = {"onnxruntime": _ort_version, "litert": _litert_version,
+                                           "executorch": _executorch_version}
 
 # The one list of profiling runtimes: the CLI's --runtime choices and `exporter.measure.profile` read it.
 RUNTIMES: dict[str, Runtime] = {
     "onnxruntime": Runtime("onnxruntime", "onnx", "onnxruntime"),
     "litert": Runtime("litert", "tflite", "ai_edge_litert"),
+    "executorch": Runtime("executorch", "executorch", "executorch"),
 }
 
 
@@ -188,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     a = p.parse_args(argv)
+    # Run as a script, this file's directory is first on sys.path, and its sibling profile.py would
+    # shadow the standard library's `profile` that runtimes import (ExecuTorch does, via torch).
+    if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)
     try:
         result = measure(RUNTIMES[a.runtime], a.model, a.threads, a.runs, a.warmup)
     except Exception as e:  # reported to the parent as one JSON line, not a traceback

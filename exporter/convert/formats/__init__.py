@@ -6,6 +6,7 @@ from typing import Any
 
 from exporter.convert.formats.base import ExportFormat
 from exporter.convert.formats.coreml import CoreMLFormat
+from exporter.convert.formats.executorch import ExecuTorchFormat
 from exporter.convert.formats.onnx import OnnxFormat
 from exporter.convert.formats.tflite import TFLiteFormat
 from exporter.errors import check_choice
@@ -14,6 +15,7 @@ FORMATS: dict[str, type[ExportFormat]] = {
     OnnxFormat.name: OnnxFormat,
     TFLiteFormat.name: TFLiteFormat,
     CoreMLFormat.name: CoreMLFormat,
+    ExecuTorchFormat.name: ExecuTorchFormat,
 }
 # Artifacts that are directories (Core ML packages): copied whole and hashed with sha256_tree.
 DIRECTORY_SUFFIXES = tuple(f.suffix for f in FORMATS.values() if f.directory)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import os
@@ -33,6 +34,7 @@ class ExportFormat(ABC):
         directory: whether an artifact is a directory (hashed with ``sha256_tree``), not a file.
         cli_options: the `slimvit export` options that only this format reads.
         deterministic: whether the same module and metadata always give the same bytes.
+        requires: the Python modules its converter needs (an extra may be missing).
     """
 
     name: ClassVar[str]
@@ -40,12 +42,18 @@ class ExportFormat(ABC):
     directory: ClassVar[bool] = False
     cli_options: ClassVar[tuple[str, ...]] = ()
     deterministic: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ()
     atol: ClassVar[float] = 1e-4
     can_run: ClassVar[bool] = True
     layouts: ClassVar[tuple[str, ...]] = ("NCHW",)
 
     def __init__(self, layout: str | None = None) -> None:
         self.layout = check_choice(f"{self.name} input layout", layout or self.layouts[0], self.layouts)
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether the converter's modules are installed here."""
+        return all(importlib.util.find_spec(m) is not None for m in cls.requires)
 
     @abstractmethod
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
@@ -63,6 +71,11 @@ class ExportFormat(ABC):
     def runtime_version(self) -> str:
         """Name and version of what `run` uses, recorded with every validation."""
         return self.name
+
+    def delegation(self, path: Path) -> dict | None:
+        """How much of the artifact a CPU delegate runs (`exporter.convert.formats.delegation`), for
+        formats that have one; recorded in the manifest under the artifact."""
+        return None
 
     def check(self, path: Path, module: nn.Module, example: np.ndarray) -> list[str]:
         """Validate an artifact without running it (for hosts where `can_run` is false).

@@ -51,6 +51,7 @@ class CoreMLFormat(ExportFormat):
     cli_options: ClassVar[tuple[str, ...]] = ("--coreml-target",)
     atol: ClassVar[float] = 1e-4
     deterministic: ClassVar[bool] = True
+    requires: ClassVar[tuple[str, ...]] = ("coremltools",)
     can_run: ClassVar[bool] = sys.platform == "darwin"
 
     def __init__(self, layout: str | None = None, deployment_target: str = "iOS17") -> None:

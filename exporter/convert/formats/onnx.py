@@ -21,6 +21,7 @@ class OnnxFormat(ExportFormat):
     suffix: ClassVar[str] = ".onnx"
     atol: ClassVar[float] = 1e-4
     deterministic: ClassVar[bool] = True
+    requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime")
     opset: ClassVar[int] = 20
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from exporter.convert.formats.base import ExportFormat, converter_error, quiet
+from exporter.convert.formats.delegation import tflite_delegation
 from exporter.errors import ValidationError
 from exporter.gate.files import dumps_strict
 
@@ -41,6 +42,7 @@ class TFLiteFormat(ExportFormat):
     suffix: ClassVar[str] = ".tflite"
     atol: ClassVar[float] = 1e-4
     deterministic: ClassVar[bool] = True
+    requires: ClassVar[tuple[str, ...]] = ("litert_torch", "ai_edge_litert")
     layouts: ClassVar[tuple[str, ...]] = ("NCHW", "NHWC")
     cli_options: ClassVar[tuple[str, ...]] = ("--nhwc",)
 
@@ -86,6 +88,9 @@ class TFLiteFormat(ExportFormat):
             it.invoke()
             rows.append(it.get_tensor(out["index"]).copy())
         return np.concatenate(rows)
+
+    def delegation(self, path: Path) -> dict:
+        return tflite_delegation(path)
 
     def runtime_version(self) -> str:
         import importlib.metadata

@@ -165,8 +165,10 @@ def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.
             return None, why
         _place(job.out, target)
     quant = {"scheme": p.scheme, "calibrated": p.calibrated, "float_ops": list(float_ops)}
+    delegation = fmt.delegation(target)
     return {"format": fmt.name, "precision": p.name, "path": rel.as_posix(),
-            "sha256": _digest(target), "bytes": _size(target), **entry, "quantization": quant}, ""
+            "sha256": _digest(target), "bytes": _size(target), **entry, "quantization": quant,
+            **({"delegation": delegation} if delegation is not None else {})}, ""
 
 
 def _measure(p: Precision, logits: np.ndarray, data: EvalData, max_drop: float,
