@@ -14,6 +14,7 @@ import typer
 # Importing a command module registers its commands; `slimvit --help` lists them in this order.
 import exporter.commands.export  # noqa: F401  variants, export, demo
 import exporter.commands.bundle  # noqa: F401  verify, sign, keygen, bundle install-*
+import exporter.commands.pack  # noqa: F401  pack, unpack
 import exporter.commands.train  # noqa: F401  train
 import exporter.commands.policy  # noqa: F401  select, simulate, policy *
 import exporter.commands.measure  # noqa: F401  profile, ingest, report

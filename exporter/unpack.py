@@ -138,7 +138,6 @@ def verify_pack(pack: str | Path, public_key: str | Path | None = None, **option
                                f"filters); an app must not select them")
     report.warnings += inner.warnings
     report.artifacts, report.bundle_version, report.signed = inner.artifacts, inner.bundle_version, inner.signed
-    report.artifacts -= len(left_out)
     return report
 
 

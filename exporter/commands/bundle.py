@@ -11,7 +11,7 @@ from exporter.commands.common import app, bundle_app, console, out_console
 
 
 @app.command()
-def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory or pack file.")],
            public_key: Annotated[Path | None, typer.Option(
                "--public-key", help="Ed25519 public key (PEM); manifest.sig must verify.")] = None,
            min_bundle_version: Annotated[int | None, typer.Option(
@@ -21,9 +21,11 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
     """Check a bundle as an app must before loading it; exit 1 listing every problem."""
     import json
 
+    from exporter.unpack import verify_pack
     from exporter.verify import verify_bundle
 
-    report = verify_bundle(bundle, public_key, min_bundle_version=min_bundle_version)
+    check = verify_pack if bundle.is_file() else verify_bundle
+    report = check(bundle, public_key, min_bundle_version=min_bundle_version)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -40,7 +42,7 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
 
 
 @app.command()
-def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory (must verify first).")],
+def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory or pack file (must verify first).")],
          key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
          expires: Annotated[str | None, typer.Option(
              "--expires", help="Expiry written into the manifest: 30d, 12h or an ISO 8601 time.")] = None,
@@ -49,8 +51,10 @@ def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory (must ver
          ) -> None:
     """Sign a bundle's manifest with Ed25519 (writes manifest.sig)."""
     from exporter.signing import sign_bundle
+    from exporter.unpack import sign_pack
 
-    path = sign_bundle(bundle, key, expires=expires, bundle_version=bundle_version)
+    signer = sign_pack if bundle.is_file() else sign_bundle
+    path = signer(bundle, key, expires=expires, bundle_version=bundle_version)
     console.print(f"signed: {path}")
 
 
