@@ -68,6 +68,7 @@ web_demo/node_modules/.installed: web_demo/package.json web_demo/package-lock.js
 
 ios-vectors:
 	cp conformance/policy_vectors.json ios_demo/SlimvitPolicy/Tests/SlimvitPolicyTests/policy_vectors.json
+	cp conformance/pack_vectors.json ios_demo/SlimvitPack/Tests/SlimvitPackTests/pack_vectors.json
 
 # Refresh constraints.txt from the current, working .venv.
 lock: install
