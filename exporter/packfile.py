@@ -26,6 +26,8 @@ reader against the vectors in ``conformance/pack_vectors.json``.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -121,7 +123,7 @@ class PackReader:
         PackError: on open, for any malformed header; on `read`, for a bad op stream or hash.
     """
 
-    def __init__(self, data: bytes, limits: PackLimits = PackLimits(), name: str = "pack") -> None:
+    def __init__(self, data: bytes | mmap.mmap, limits: PackLimits = PackLimits(), name: str = "pack") -> None:
         self.name = name
         self.limits = limits
         self._data = memoryview(data)
@@ -135,7 +137,10 @@ class PackReader:
         try:
             if not p.is_file():
                 raise PackError("format", f"{p}: not a regular file; a pack is one .svpack file")
-            return cls(p.read_bytes(), limits, str(p))
+            with open(p, "rb") as fh:  # mapped: a rebuild copies from the page cache, nothing more
+                size = os.fstat(fh.fileno()).st_size
+                data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            return cls(data, limits, str(p))
         except OSError as e:
             raise PackError("format", f"cannot read pack {p}: {e.strerror}") from None
 
