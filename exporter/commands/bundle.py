@@ -67,19 +67,43 @@ def keygen(key: Annotated[Path, typer.Argument(help="Private key file to create 
     console.print(f"private key: {private} (keep it secret)\npublic key:  {public} (ship it in the app)")
 
 
+PrecisionsOpt = Annotated[str | None, typer.Option(
+    "--precisions", help="Only these precisions (comma-separated), e.g. fp32 or int8-dynamic.")]
+VariantsOpt = Annotated[str | None, typer.Option("--variants", help="Only these variant ids (comma-separated).")]
+DestOpt = Annotated[Path | None, typer.Option(
+    "--dest", help="Your own app's asset/resource folder (default: the demo app's).")]
+UnpackedOpt = Annotated[bool, typer.Option(
+    "--unpacked", help="Copy the bundle directory (the old form) instead of writing bundle.svpack.")]
+
+
 @bundle_app.command("install-android")
 def bundle_install_android(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-                           sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
-    """Verify BUNDLE and copy it (TFLite artifacts) into android_demo's assets."""
-    from exporter.install import install_bundle
-
-    out_console.print(f"installed {install_bundle(bundle, 'android', sample=sample)}")
+                           sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None,
+                           precisions: PrecisionsOpt = None, variants: VariantsOpt = None,
+                           dest: DestOpt = None, unpacked: UnpackedOpt = False) -> None:
+    """Verify BUNDLE and write its TFLite artifacts, packed, into android_demo's assets (or --dest)."""
+    _install(bundle, "android", sample, precisions, variants, dest, unpacked)
 
 
 @bundle_app.command("install-ios")
 def bundle_install_ios(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-                       sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
-    """Verify BUNDLE and copy it (Core ML artifacts) into ios_demo's resources."""
-    from exporter.install import install_bundle
+                       sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None,
+                       precisions: PrecisionsOpt = None, variants: VariantsOpt = None,
+                       dest: DestOpt = None, unpacked: UnpackedOpt = False) -> None:
+    """Verify BUNDLE and write its Core ML artifacts, packed, into ios_demo's resources (or --dest)."""
+    _install(bundle, "ios", sample, precisions, variants, dest, unpacked)
 
-    out_console.print(f"installed {install_bundle(bundle, 'ios', sample=sample)}")
+
+def _install(bundle: Path, app_name: str, sample: Path | None, precisions: str | None, variants: str | None,
+             dest: Path | None, unpacked: bool) -> None:
+    from exporter.errors import ConfigError
+    from exporter.install import install_bundle, install_packed
+
+    if unpacked:
+        if precisions or variants or dest:
+            raise ConfigError("--unpacked copies the whole bundle into the demo app; drop --precisions, "
+                              "--variants and --dest, or drop --unpacked")
+        out_console.print(f"installed {install_bundle(bundle, app_name, sample=sample)}", highlight=False)
+        return
+    path = install_packed(bundle, app_name, dest=dest, precisions=precisions, variants=variants, sample=sample)
+    out_console.print(f"installed {path} ({path.stat().st_size / 2**20:.2f} MiB)", highlight=False)
