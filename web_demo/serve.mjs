@@ -1,5 +1,6 @@
 // A static server for the demo: the page, a bundle under /bundle/, onnxruntime-web under /ort/.
-// usage: node serve.mjs [--bundle DIR] [--port 8080]   (localhost only)
+// usage: node serve.mjs [--bundle DIR] [--pack FILE.svpack] [--port 8080]   (localhost only)
+// With --pack the page opens at /?pack=/bundle.svpack and rebuilds each artifact from the pack.
 import { createServer } from 'node:http';
 import { createReadStream, statSync } from 'node:fs';
 import { extname, join, normalize, resolve, dirname } from 'node:path';
@@ -7,17 +8,17 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
-  '.json': 'application/json', '.wasm': 'application/wasm', '.onnx': 'application/octet-stream', '.png': 'image/png' };
+  '.json': 'application/json', '.wasm': 'application/wasm', '.onnx': 'application/octet-stream', '.png': 'image/png', '.svpack': 'application/octet-stream' };
 
-export function serve({ bundle = join(here, 'bundle'), samples = join(here, 'samples'), port = 8080 } = {}) {
-  const roots = [['/bundle/', resolve(bundle)], ['/samples/', resolve(samples)],
+export function serve({ bundle = join(here, 'bundle'), samples = join(here, 'samples'), pack = null, port = 8080 } = {}) {
+  const roots = [...(pack ? [['/bundle.svpack', resolve(pack)]] : []), ['/bundle/', resolve(bundle)], ['/samples/', resolve(samples)],
     ['/ort/', join(here, 'node_modules/onnxruntime-web/dist')], ['/', here]];
   const server = createServer((req, res) => {
     const url = new URL(req.url, 'http://localhost');
     let path = decodeURIComponent(url.pathname);
     if (path === '/') path = '/index.html';
     const [prefix, root] = roots.find(([p]) => path.startsWith(p));
-    const file = normalize(join(root, path.slice(prefix.length)));
+    const file = prefix === '/bundle.svpack' ? root : normalize(join(root, path.slice(prefix.length)));
     if (!file.startsWith(root)) { res.writeHead(403).end(); return; }
     try {
       if (!statSync(file).isFile()) throw new Error('not a file');
@@ -31,6 +32,6 @@ export function serve({ bundle = join(here, 'bundle'), samples = join(here, 'sam
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const arg = (name, dflt) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : dflt; };
   const server = await serve({ bundle: arg('--bundle', join(here, 'bundle')), samples: arg('--samples', join(here, 'samples')),
-    port: Number(arg('--port', 8080)) });
+    pack: arg('--pack', null), port: Number(arg('--port', 8080)) });
   console.log(`slimvit web demo on http://127.0.0.1:${server.address().port}/`);
 }
