@@ -18,7 +18,7 @@ import numpy as np
 
 WORD = 8
 MIN_COPY = 12  # a copy op costs 3-6 bytes; shorter matches are cheaper inserted
-_CHUNK = 1 << 22
+_CHUNK = 1 << 23
 
 
 class SourceIndex:
@@ -32,50 +32,72 @@ class SourceIndex:
         self.pos = first.astype(np.int64) * WORD
 
 
-def _target_words(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """The 8-byte little-endian word starting at every position in [lo, hi)."""
-    n = hi - lo
-    out = np.empty(n, dtype="<u8")
-    buf = t[lo:hi + WORD - 1].tobytes()
-    for k in range(WORD):
-        m = (len(buf) - k) // WORD
-        out[k::WORD] = np.frombuffer(buf, dtype="<u8", count=m, offset=k)[: len(out[k::WORD])]
+def _words_at(t: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The 8-byte little-endian word starting at each of ``positions``."""
+    out = np.empty(len(positions), dtype="<u8")
+    step = 1 << 20
+    for a in range(0, len(positions), step):
+        p = positions[a:a + step]
+        out[a:a + len(p)] = np.ascontiguousarray(t[p[:, None] + np.arange(WORD)]).view("<u8").ravel()
     return out
 
 
-def _runs(index: SourceIndex, t: np.ndarray) -> list[tuple[int, int, int]]:
-    """(target start, target end, source start) of every run found, extended, unsorted."""
-    if len(index.keys) == 0 or len(t) < WORD:
-        return []
-    hit_t, hit_d = [], []
-    last = len(t) - WORD + 1
-    for lo in range(0, last, _CHUNK):
-        hi = min(last, lo + _CHUNK)
-        words = _target_words(t, lo, hi)
-        i = np.searchsorted(index.keys, words)
-        i[i == len(index.keys)] = 0
-        ok = index.keys[i] == words
-        tt = np.nonzero(ok)[0].astype(np.int64) + lo
-        hit_t.append(tt)
-        hit_d.append(index.pos[i[ok]] - tt)
-    ts, ds = np.concatenate(hit_t), np.concatenate(hit_d)
-    if len(ts) == 0:
-        return []
+def _chunk_runs(ts: np.ndarray, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Collapse hits into runs: (first t, last t, diagonal) of hits on one diagonal, 8 apart."""
     order = np.lexsort((ts, ds))
     ts, ds = ts[order], ds[order]
     new = np.ones(len(ts), dtype=bool)
     new[1:] = (ds[1:] != ds[:-1]) | (ts[1:] - ts[:-1] > WORD)
     starts = np.nonzero(new)[0]
     ends = np.append(starts[1:], len(ts)) - 1
+    return ts[starts], ts[ends], ds[starts]
+
+
+def _runs(index: SourceIndex, t: np.ndarray, stride: int = 1,
+          skip: np.ndarray | None = None) -> list[tuple[int, int, int]]:
+    """(target start, target end, source start) of every run found, extended, unsorted; looks up
+    every ``stride``-th target position not marked in ``skip``."""
+    if len(index.keys) == 0 or len(t) < WORD:
+        return []
+    firsts, lasts, diags = [], [], []
+    last = len(t) - WORD + 1
+    for lo in range(0, last, _CHUNK):
+        hi = min(last, lo + _CHUNK)
+        sel = np.arange(lo - lo % -stride if stride > 1 else lo, hi, stride, dtype=np.int64)
+        if skip is not None:
+            sel = sel[~skip[sel]]
+        if not len(sel):
+            continue
+        if stride == WORD and skip is None:  # aligned: the words are a plain view
+            words = np.frombuffer(t, dtype="<u8", count=len(sel), offset=int(sel[0]))
+        else:
+            words = _words_at(t, sel)
+        i = np.searchsorted(index.keys, words)
+        i[i == len(index.keys)] = 0
+        ok = index.keys[i] == words
+        tt = sel[ok]
+        if len(tt):
+            f, l_, d = _chunk_runs(tt, index.pos[i[ok]] - tt)
+            firsts.append(f), lasts.append(l_), diags.append(d)
+    if not firsts:
+        return []
+    # Runs split at chunk borders are joined again: same diagonal, the next one 8 bytes on.
+    f, l_, d = np.concatenate(firsts), np.concatenate(lasts), np.concatenate(diags)
+    order = np.lexsort((f, d))
+    f, l_, d = f[order], l_[order], d[order]
+    join = np.zeros(len(f), dtype=bool)
+    join[1:] = (d[1:] == d[:-1]) & (f[1:] - l_[:-1] <= WORD)
+    keep = np.nonzero(~join)[0]
+    group_end = np.append(keep[1:], len(f)) - 1
     s = index.source
     runs = []
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        t0, t1, d = int(ts[a]), int(ts[b]) + WORD, int(ds[a])
-        while t0 > 0 and t0 + d > 0 and t[t0 - 1] == s[t0 + d - 1]:
+    for a, b in zip(keep.tolist(), group_end.tolist(), strict=True):
+        t0, t1, dd = int(f[a]), int(l_[b]) + WORD, int(d[a])
+        while t0 > 0 and t0 + dd > 0 and t[t0 - 1] == s[t0 + dd - 1]:
             t0 -= 1
-        t1 = _extend(t, s, t1, d)
+        t1 = _extend(t, s, t1, dd)
         if t1 - t0 >= MIN_COPY:
-            runs.append((t0, t1, t0 + d))
+            runs.append((t0, t1, t0 + dd))
     return runs
 
 
@@ -96,7 +118,14 @@ def match(index: SourceIndex, target: bytes) -> list[tuple[int, int, int]]:
     """Non-overlapping copies (target start, length, source start), sorted, greedy by start and
     then length; what they do not cover is inserted."""
     t = np.frombuffer(target, dtype=np.uint8)
-    runs = sorted(_runs(index, t), key=lambda r: (r[0], -(r[1] - r[0])))
+    # First the aligned target words only (an unchanged sibling file is found at 1/8 of the cost),
+    # then every position those runs do not already cover.
+    aligned = _runs(index, t, stride=WORD)
+    covered = np.zeros(len(t), dtype=bool)
+    for t0, t1, _ in aligned:
+        covered[t0:max(t0, t1 - WORD + 1)] = True
+    found = aligned + _runs(index, t, skip=covered) if not covered.all() else aligned
+    runs = sorted(found, key=lambda r: (r[0], -(r[1] - r[0])))
     out, cursor = [], 0
     for t0, t1, s0 in runs:
         if t1 <= cursor:
