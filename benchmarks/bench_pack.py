@@ -134,7 +134,7 @@ def rebuild_rows(pack: Path, bundle: Path, runs: int) -> list[list[object]]:
 
     entries = [a for a in _entries_cache.setdefault(bundle, []) if a["precision"] == "fp32"]
     rows = []
-    for fmt in ("onnx", "tflite"):
+    for fmt in sorted({a["format"] for a in entries} & {"onnx", "tflite"}):
         art = max((a for a in entries if a["format"] == fmt), key=lambda a: a["bytes"])
         path = bundle / art["path"]
         so = ort.SessionOptions()
@@ -174,15 +174,18 @@ def rebuild_rows(pack: Path, bundle: Path, runs: int) -> list[list[object]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--demo", type=Path, default=ROOT / "demo_out" / "bundle")
-    ap.add_argument("--deits", type=Path, default=Path(tempfile.gettempdir()) / "slimvit-bench-deits")
+    ap.add_argument("--deits", type=Path, action="append", default=None,
+                    help="DeiT-S bundle directories (repeat: e.g. one exported per format)")
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     load_before = load()
-    if not (args.deits / "manifest.json").is_file():
-        print(f"exporting the DeiT-S bundle into {args.deits} (slow)", flush=True)
-        export_deits(args.deits)
+    deits = args.deits or [Path(tempfile.gettempdir()) / "slimvit-bench-deits"]
+    if len(deits) == 1 and not (deits[0] / "manifest.json").is_file():
+        print(f"exporting the DeiT-S bundle into {deits[0]} (slow)", flush=True)
+        export_deits(deits[0])
     size_table, whole_rows, packs = [], [], {}
-    for name, bundle, level in (("demo", args.demo, 19), ("DeiT-S", args.deits, 10)):
+    named = [("demo", args.demo, 19)] + [(f"DeiT-S {d.name}" if len(deits) > 1 else "DeiT-S", d, 10) for d in deits]
+    for name, bundle, level in named:
         if not (bundle / "manifest.json").is_file():
             print(f"skip {name}: no bundle at {bundle}")
             continue
@@ -192,7 +195,8 @@ def main() -> None:
         whole_rows.append([name, f"{whole['bundle_mib']:.2f}", f"{whole['largest_sum_mib']:.2f}",
                            f"{whole['pack_mib']:.2f}", f"**{whole['ratio']:.3f}x**", f"{whole['pack_s']:.1f}",
                            "yes" if roundtrip_ok(pack, bundle) else "NO"])
-    rebuild = rebuild_rows(*packs["DeiT-S"], args.runs) if "DeiT-S" in packs else []
+    rebuild = [row for name, (pack, bundle) in packs.items() if name.startswith("DeiT-S")
+               for row in rebuild_rows(pack, bundle, args.runs)]
     text = f"""## Packed bundles (`bench_pack.py`, issue 18)
 
 Host: {host()}; {cpu_flags()}. Load average {load_before} before, {load()} after (shared machine:

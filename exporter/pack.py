@@ -202,6 +202,8 @@ def pack_bundle(bundle: str | Path, out: str | Path, selection: Selection = Sele
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory; give the pack file to write (e.g. bundle.svpack)")
+    if root.resolve() in out.resolve().parents:
+        raise ConfigError(f"--out {out} is inside the bundle {root}; write the pack outside it")
     check_bundle(root)
     chosen = selection.artifacts(read_manifest(root))
     data = build_pack(root, chosen, compress_base=compress_base)
