@@ -148,12 +148,8 @@ def rebuild_rows(pack: Path, bundle: Path, runs: int) -> list[list[object]]:
             py.append(time.perf_counter() - t)
             r = PackReader.open(pack)
             t = time.perf_counter()
-            ops = r.ops(r.by_path[art["path"]])
-            out = bytearray(art["bytes"])
-            pos = 0
-            for blob, off, n in ops:
-                out[pos:pos + n] = r.blob(r.by_path[art["path"]].ops_blob if blob < 0 else blob)[off:off + n]
-                pos += n
+            f = r.by_path[art["path"]]
+            out = b"".join(r.blob(f.ops_blob if b < 0 else b)[o:o + n] for b, o, n in r.ops(f))
             py_nohash.append(time.perf_counter() - t)
             assert len(data) == art["bytes"] and bytes(out) == data
             t = time.perf_counter()

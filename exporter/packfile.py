@@ -202,16 +202,11 @@ class PackReader:
         f = self.by_path.get(path)
         if f is None:
             raise PackError("format", f"{self.name}: holds no file {path!r}")
-        ops = self.ops(f)
-        out = bytearray(f.size)
-        pos = 0
-        for blob, offset, n in ops:
-            src = self.blob(f.ops_blob if blob < 0 else blob)
-            out[pos:pos + n] = src[offset:offset + n]
-            pos += n
+        pieces = [self.blob(f.ops_blob if blob < 0 else blob)[offset:offset + n] for blob, offset, n in self.ops(f)]
+        out = b"".join(pieces)  # one copy: the pieces are views of the mapped pack or of inflated blobs
         if hashlib.sha256(out).hexdigest() != f.sha256:
             raise PackError("hash", f"{self.name}: rebuilt {f.path} has another sha256 than the pack states")
-        return bytes(out)
+        return out
 
 
 def _parse(data: memoryview, limits: PackLimits, name: str) -> tuple[list[Blob], list[PackedFile], int]:

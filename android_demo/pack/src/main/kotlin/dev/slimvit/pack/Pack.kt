@@ -22,6 +22,8 @@ class PackException(val code: String, message: String) : Exception(message)
 interface PackSource {
     val size: Long
     fun read(offset: Long, length: Int): ByteArray
+    fun readInto(offset: Long, dst: ByteArray, dstOffset: Int, length: Int) =
+        System.arraycopy(read(offset, length), 0, dst, dstOffset, length)
 }
 
 class ByteArraySource(private val bytes: ByteArray) : PackSource {
@@ -34,8 +36,11 @@ class FileSource(file: File) : PackSource, java.io.Closeable {
     override val size: Long get() = raf.length()
     override fun read(offset: Long, length: Int): ByteArray {
         val out = ByteArray(length)
-        synchronized(raf) { raf.seek(offset); raf.readFully(out) }
+        readInto(offset, out, 0, length)
         return out
+    }
+    override fun readInto(offset: Long, dst: ByteArray, dstOffset: Int, length: Int) {
+        synchronized(raf) { raf.seek(offset); raf.readFully(dst, dstOffset, length) }
     }
     override fun close() = raf.close()
 }
@@ -155,13 +160,6 @@ class Pack(private val source: PackSource, val maxFileBytes: Long = 2L shl 30,
         }
     }
 
-    /** Bytes [offset, offset + length) of a decoded blob; a raw blob is read from the source. */
-    private fun slice(index: Int, offset: Long, length: Int): ByteArray {
-        val b = blobs[index]
-        if (b.codec == 0) return source.read(dataStart + b.offset + offset, length)
-        return decode(index).copyOfRange(offset.toInt(), offset.toInt() + length)
-    }
-
     private fun decode(index: Int): ByteArray = decoded.getOrPut(index) {
         val b = blobs[index]
         if (b.codec == 0) return@getOrPut source.read(dataStart + b.offset, b.size.toInt())
@@ -228,7 +226,7 @@ class Pack(private val source: PackSource, val maxFileBytes: Long = 2L shl 30,
             val n = op.length.toInt()
             if (op.blob < 0) System.arraycopy(decode(f.opsBlob), op.offset.toInt(), out, pos, n)
             else if (blobs[op.blob].codec == 1) System.arraycopy(decode(op.blob), op.offset.toInt(), out, pos, n)
-            else System.arraycopy(slice(op.blob, op.offset, n), 0, out, pos, n)
+            else source.readInto(dataStart + blobs[op.blob].offset + op.offset, out, pos, n)
             pos += n
         }
         val digest = hex(MessageDigest.getInstance("SHA-256").digest(out))
