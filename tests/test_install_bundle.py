@@ -76,3 +76,20 @@ def test_install_packed_into_the_users_own_app(bundle, tmp_path):
         install_packed(bundle, "android", root=tmp_path, variants="w99_k100_r32")
     with pytest.raises(ConfigError, match="no coreml artifacts"):
         install_packed(bundle, "ios", root=tmp_path)
+
+
+def test_cli_install_with_dest_and_filters(bundle, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    cmd = [sys.executable, "-m", "exporter.cli", "bundle", "install-android", str(bundle)]
+    r = subprocess.run([*cmd, "--dest", str(tmp_path / "app"), "--precisions", "fp32"], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "app" / "bundle.svpack").stat().st_size > 0 and "bundle.svpack" in r.stdout
+    r = subprocess.run([*cmd, "--unpacked", "--dest", str(tmp_path / "x")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--unpacked" in r.stderr
+    assert not (tmp_path / "x").exists()
