@@ -59,9 +59,11 @@ def export_deits(out: Path) -> None:
     loaded = LoadedModel(SlimmableViT(cfg).eval(), "deit_small_hydravit_random", "slimvit",
                          [str(i) for i in range(1000)])
     grid = VariantGrid(widths=(1 / 3, 2 / 3, 1.0), keep_rates=(1.0, 0.7), resolutions=(224,))
+    # Random weights give near-uniform logits, so any quantization flips top-1: max_drop=1.0 keeps
+    # the int8 artifacts (sizes and load times are what is measured here, not accuracy).
     with torch.no_grad():
         export_bundle(loaded, grid, out, formats=("onnx", "tflite"),
-                      quantize=QuantizeOptions(precisions=("fp32", "int8-dynamic")))
+                      quantize=QuantizeOptions(precisions=("fp32", "int8-dynamic"), max_drop=1.0))
 
 
 def deflate_len(chunks: list[bytes]) -> int:
