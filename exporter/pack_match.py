@@ -101,6 +101,33 @@ def _runs(index: SourceIndex, t: np.ndarray, stride: int = 1,
     return runs
 
 
+def _diagonal_runs(index: SourceIndex, t: np.ndarray, sample: int = 257,
+                   most: int = 32, min_run: int = 256) -> list[tuple[int, int, int]]:
+    """Long runs found cheaply: look up a sparse sample of target positions (an odd stride meets
+    every alignment), then compare the whole target against the source along each diagonal seen
+    more than once. Finds a sibling file shifted by any number of bytes in a few vector compares."""
+    if len(index.keys) == 0 or len(t) < WORD + sample:
+        return []
+    sel = np.arange(0, len(t) - WORD + 1, sample, dtype=np.int64)
+    words = _words_at(t, sel)
+    i = np.searchsorted(index.keys, words)
+    i[i == len(index.keys)] = 0
+    ok = index.keys[i] == words
+    diags, counts = np.unique(index.pos[i[ok]] - sel[ok], return_counts=True)
+    s = index.source
+    runs = []
+    for d in diags[np.argsort(-counts)][:most][counts[np.argsort(-counts)][:most] > 1].tolist():
+        lo, hi = max(0, -d), min(len(t), len(s) - d)
+        if hi - lo < min_run:
+            continue
+        eq = np.concatenate(([False], t[lo:hi] == s[lo + d:hi + d], [False]))
+        edges = np.flatnonzero(eq[1:] != eq[:-1])
+        starts, ends = edges[0::2] + lo, edges[1::2] + lo
+        long = (ends - starts) >= min_run
+        runs += [(a, b, a + d) for a, b in zip(starts[long].tolist(), ends[long].tolist(), strict=True)]
+    return runs
+
+
 def _extend(t: np.ndarray, s: np.ndarray, t1: int, d: int) -> int:
     step = 64
     while True:
@@ -118,9 +145,9 @@ def match(index: SourceIndex, target: bytes) -> list[tuple[int, int, int]]:
     """Non-overlapping copies (target start, length, source start), sorted, greedy by start and
     then length; what they do not cover is inserted."""
     t = np.frombuffer(target, dtype=np.uint8)
-    # First the aligned target words only (an unchanged sibling file is found at 1/8 of the cost),
-    # then every position those runs do not already cover.
-    aligned = _runs(index, t, stride=WORD)
+    # First long runs along the diagonals a sparse sample finds (a sibling file shifted by a few
+    # bytes), then the aligned target words, then every position those runs do not cover.
+    aligned = _diagonal_runs(index, t) + _runs(index, t, stride=WORD)
     covered = np.zeros(len(t), dtype=bool)
     for t0, t1, _ in aligned:
         covered[t0:max(t0, t1 - WORD + 1)] = True
