@@ -25,8 +25,7 @@ VECTORS = ROOT / "conformance" / "pack_vectors.json"
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """Two widths x two keep rates, ONNX fp32 and int8-dynamic, plus a directory artifact: a
-    copy of the w64 ONNX file laid out as a package (no Core ML converter needed to test trees)."""
+    """Two widths x two keep rates, ONNX fp32 and int8-dynamic."""
     import torch
 
     from exporter.bundle import export_bundle
@@ -201,3 +200,42 @@ def test_random_damage_to_a_real_pack_is_refused_or_rebuilds_exactly():
             assert hashlib.sha256(d).hexdigest() in shas, path
 
     damaged()
+
+
+def with_tree_artifact(bundle: Path, tmp_path: Path, tamper: bool = False) -> Path:
+    """A copy of the bundle whose manifest also pins a directory artifact (an .mlpackage-like tree,
+    hashed with sha256_tree), optionally with one of its files changed after hashing."""
+    from exporter.fileio import sha256_tree
+
+    copy = Path(shutil.copytree(bundle, tmp_path / ("tampered" if tamper else "tree")))
+    tree = copy / "coreml" / "w64_k100_r32.fp32.mlpackage"
+    (tree / "Data" / "weights").mkdir(parents=True)
+    (tree / "Manifest.json").write_text('{"fileFormatVersion": "1.0.0"}')
+    (tree / "Data" / "weights" / "weight.bin").write_bytes((copy / "onnx" / "w64_k100_r32.fp32.onnx").read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["variants"][0]["artifacts"].append({**manifest["variants"][0]["artifacts"][0], "format": "coreml",
+                                                 "precision": "fp32",
+                                                 "path": "coreml/w64_k100_r32.fp32.mlpackage",
+                                                 "sha256": sha256_tree(tree), "bytes": sum(
+                                                     p.stat().st_size for p in tree.rglob("*") if p.is_file())})
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if tamper:
+        (tree / "Manifest.json").write_text('{"fileFormatVersion": "9.9.9"}')
+    return copy
+
+
+def test_directory_artifacts_round_trip_and_a_changed_inner_file_is_refused(bundle, tmp_path):
+    from exporter.pack import read_manifest_entries
+
+    good = with_tree_artifact(bundle, tmp_path)
+    (tmp_path / "t.svpack").write_bytes(build_pack(good, read_manifest_entries(good))[0])
+    unpack(tmp_path / "t.svpack", tmp_path / "out")
+    assert files_of(tmp_path / "out") == files_of(good)
+    reader = PackReader.open(tmp_path / "t.svpack")
+    weight = "coreml/w64_k100_r32.fp32.mlpackage/Data/weights/weight.bin"
+    assert weight in reader.by_path  # each file of the tree is its own packed file
+    bad = with_tree_artifact(bundle, tmp_path, tamper=True)
+    (tmp_path / "bad.svpack").write_bytes(build_pack(bad, read_manifest_entries(bad))[0])
+    with pytest.raises(PackError, match="mlpackage: the pack's files hash to"):
+        unpack(tmp_path / "bad.svpack", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
