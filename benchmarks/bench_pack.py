@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import shutil
 import statistics
 import subprocess
@@ -141,8 +140,8 @@ def rebuild_rows(pack: Path, bundle: Path, runs: int) -> list[list[object]]:
         path = bundle / art["path"]
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
-        loaders = {"onnx": lambda: ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]),
-                   "tflite": lambda: Interpreter(model_path=str(path), num_threads=1).allocate_tensors()}
+        loaders = {"onnx": lambda p=path, o=so: ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"]),
+                   "tflite": lambda p=path: Interpreter(model_path=str(p), num_threads=1).allocate_tensors()}
         py, py_nohash, rt, kt = [], [], [], []
         for _ in range(runs):  # interleaved: the same load on every row of one round
             t = time.perf_counter()

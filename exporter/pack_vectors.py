@@ -112,7 +112,8 @@ def cases() -> list[dict[str, Any]]:
         ("copy from a missing blob", _one_file(_copy(4, 7, 0), base[:4], base=base), "range", {}),
         ("ops write past the declared size", _size_lie(hello, ops, len(hello) - 2), "range", {}),
         ("ops write fewer bytes than declared", _size_lie(hello, ops, len(hello) + 4), "range", {}),
-        ("op stream outside its blob", write_pack([(CODEC_RAW, ops, len(ops))], [_file("a.bin", hello, 0, 2, len(ops))]),
+        ("op stream outside its blob",
+         write_pack([(CODEC_RAW, ops, len(ops))], [_file("a.bin", hello, 0, 2, len(ops))]),
          "range", {}),
         ("deflate blob inflates past its declared size",
          write_pack([(CODEC_DEFLATE, _deflate(ops + bytes(100)), len(ops))], [_file("a.bin", hello, 0, 0, len(ops))]),
@@ -155,7 +156,8 @@ def _size_lie(data: bytes, ops: bytes, size: int) -> bytes:
 
 def _two(data: bytes) -> bytes:
     ops = _insert(data)
-    return write_pack([(CODEC_RAW, ops, len(ops))], [_file("a", data, 0, 0, len(ops)), _file("b", data, 0, 0, len(ops))])
+    return write_pack([(CODEC_RAW, ops, len(ops))],
+                      [_file("a", data, 0, 0, len(ops)), _file("b", data, 0, 0, len(ops))])
 
 
 def write_vectors(path: str | Path) -> Path:

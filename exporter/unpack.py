@@ -31,7 +31,8 @@ def pack_manifest(reader: PackReader) -> dict[str, Any]:
     try:
         manifest = json.loads(reader.read(MANIFEST_NAME).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise PackError("format", f"{reader.name}: its {MANIFEST_NAME} is not valid JSON ({type(e).__name__})") from None
+        raise PackError("format", f"{reader.name}: its {MANIFEST_NAME} is not valid JSON "
+                                  f"({type(e).__name__})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("variants"), list):
         raise PackError("format", f"{reader.name}: its {MANIFEST_NAME} has no variants list")
     return manifest

@@ -124,7 +124,8 @@ def test_the_tampered_pack_is_refused_by_the_cli_with_one_line(bundle, tmp_path)
     bad = tampered_pack(bundle, tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = [sys.executable, "-m", "exporter.cli"]
-    r = subprocess.run([*run, "unpack", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env)
+    r = subprocess.run([*run, "unpack", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                       env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run([*run, "verify", str(bad)], capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "does not match" not in r.stdout and "disagree" not in r.stderr
