@@ -224,6 +224,10 @@ def build_pack(root: Path, chosen: list[dict[str, Any]], *, compress_base: bool 
     builder = _Builder(compress_base)
     for key in sorted(groups, key=lambda k: (k != META, k)):
         builder.add_group(key, groups[key])
+    # "largest" is the largest artifact (a directory artifact counts all its files), not file.
+    for key, g in builder.stats.groups.items():
+        if key != META:
+            g.largest = max(a["bytes"] for a in chosen if (a["format"], a["precision"]) == key)
     data = write_pack(builder.blobs, builder.files)
     builder.stats.pack_bytes = len(data)
     return data, builder.stats
