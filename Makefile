@@ -34,15 +34,26 @@ test-py: install
 KOTLIN_SRC := $(wildcard android_demo/policy/src/main/kotlin/dev/slimvit/policy/*.kt) \
 	android_demo/policy/src/test/kotlin/dev/slimvit/policy/Conformance.kt
 KOTLIN_JAR := build/kotlin/policy-conformance.jar
+# The pack rebuilder (android_demo/pack/), with the policy module's JSON reader for the vectors.
+PACK_SRC := android_demo/pack/src/main/kotlin/dev/slimvit/pack/Pack.kt \
+	android_demo/pack/src/test/kotlin/dev/slimvit/pack/Conformance.kt \
+	android_demo/policy/src/main/kotlin/dev/slimvit/policy/Json.kt
+PACK_JAR := build/kotlin/pack-conformance.jar
 
-test-kotlin: $(KOTLIN_JAR)
+test-kotlin: $(KOTLIN_JAR) $(PACK_JAR)
 	java -jar $(KOTLIN_JAR) conformance/policy_vectors.json
 	java -jar $(KOTLIN_JAR) conformance/policy_vectors_custom.json
+	java -jar $(PACK_JAR) conformance/pack_vectors.json
 
 $(KOTLIN_JAR): $(KOTLIN_SRC)
 	command -v kotlinc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin)
 	mkdir -p $(dir $@) && rm -f $@
 	kotlinc $(KOTLIN_SRC) -include-runtime -nowarn -d $@ 2>&1 | grep -v "^OpenJDK.*deprecated" || true
+	test -f $@
+
+$(PACK_JAR): $(PACK_SRC)
+	mkdir -p $(dir $@) && rm -f $@
+	kotlinc $(PACK_SRC) -include-runtime -nowarn -d $@ 2>&1 | grep -v "^OpenJDK.*deprecated" || true
 	test -f $@
 
 # The web demo: the JS policy on the shared vectors (node --test) and the page end to end in
@@ -60,6 +71,7 @@ web_demo/node_modules/.installed: web_demo/package.json web_demo/package-lock.js
 
 ios-vectors:
 	cp conformance/policy_vectors.json ios_demo/SlimvitPolicy/Tests/SlimvitPolicyTests/policy_vectors.json
+	cp conformance/pack_vectors.json ios_demo/SlimvitPack/Tests/SlimvitPackTests/pack_vectors.json
 
 # Refresh constraints.txt from the current, working .venv.
 lock: install

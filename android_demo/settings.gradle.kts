@@ -13,4 +13,4 @@ dependencyResolutionManagement {
     }
 }
 rootProject.name = "slimvit-android-demo"
-include(":app", ":policy")
+include(":app", ":policy", ":pack")

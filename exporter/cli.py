@@ -11,15 +11,15 @@ import sys
 import click
 import typer
 
-import exporter.commands.bundle  # noqa: F401  verify, sign, keygen, bundle install-*
-import exporter.commands.cache  # noqa: F401  cache info|clear
-
 # Importing a command module registers its commands; `slimvit --help` lists them in this order.
-import exporter.commands.export  # noqa: F401  variants, export, demo
-import exporter.commands.measure  # noqa: F401  profile, ingest, report
-import exporter.commands.policy  # noqa: F401  select, simulate, policy *
-import exporter.commands.search  # noqa: F401  search
+import exporter.commands.export  # noqa: F401  variants, export, demo, formats
+import exporter.commands.bundle  # noqa: F401  verify, sign, keygen, bundle install-*
+import exporter.commands.pack  # noqa: F401  pack, unpack
 import exporter.commands.train  # noqa: F401  train
+import exporter.commands.policy  # noqa: F401  select, simulate, policy *
+import exporter.commands.measure  # noqa: F401  profile, ingest, report
+import exporter.commands.search  # noqa: F401  search
+import exporter.commands.cache  # noqa: F401  cache info|clear
 from exporter.commands.common import app, console, say
 from exporter.errors import SlimvitError
 from exporter.gate.cli import gate_app

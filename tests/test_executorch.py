@@ -31,7 +31,7 @@ from exporter.convert.quantize import QuantizeOptions, precision_names  # noqa: 
 from exporter.convert.validate import validate_artifact  # noqa: E402
 from exporter.errors import ValidationError  # noqa: E402
 from exporter.manifest import SCHEMA_VERSION  # noqa: E402
-from exporter.measure.report import render_html  # noqa: E402
+from exporter.measure.report_page import render_page  # noqa: E402
 from exporter.nn.config import Variant, VariantGrid  # noqa: E402
 from exporter.nn.extract import extract_variant  # noqa: E402
 from tests.conftest import tiny_model  # noqa: E402
@@ -226,7 +226,7 @@ def test_precisions_run_in_the_runtime_within_budget_with_delegation(tmp_path):
 
     table = delegation_table(manifest)
     assert table.count("<tr>") == 1 + len(arts) and "aten::native_layer_norm ×" in table
-    assert "XNNPACK delegation" in render_html(manifest, {})
+    assert "What runs in the XNNPACK delegate" in render_page(manifest)
 
 
 def test_without_the_extra_asking_for_the_format_is_one_line_naming_it(tmp_path):

@@ -45,3 +45,51 @@ def test_a_tampered_bundle_is_not_installed(bundle, tmp_path):
 def test_ios_needs_coreml_artifacts(bundle, tmp_path):
     with pytest.raises(Exception, match="no coreml artifacts"):
         install_bundle(bundle, "ios", root=tmp_path)
+
+
+def test_install_packed_writes_only_the_chosen_tflite_artifacts(bundle, tmp_path):
+    from exporter.install import install_packed
+    from exporter.packfile import PackReader
+
+    out = install_packed(bundle, "android", root=tmp_path, precisions="fp32")
+    assert out == tmp_path / "android_demo/app/src/main/assets/bundle.svpack"
+    reader = PackReader.open(out)
+    paths = [f.path for f in reader.files]
+    assert "manifest.json" in paths and any(p.endswith(".tflite") for p in paths)
+    assert not [p for p in paths if p.endswith(".onnx")]
+    manifest = json.loads(reader.read("manifest.json"))
+    for a in (a for v in manifest["variants"] for a in v["artifacts"] if a["format"] == "tflite"):
+        assert reader.by_path[a["path"]].sha256 == a["sha256"]
+
+
+def test_install_packed_into_the_users_own_app(bundle, tmp_path):
+    from exporter.errors import ConfigError
+    from exporter.install import install_packed
+
+    out = install_packed(bundle, "android", root=tmp_path / "repo", dest=tmp_path / "myapp/assets")
+    assert out == tmp_path / "myapp/assets/bundle.svpack" and out.stat().st_size > 0
+    assert not (tmp_path / "repo").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        install_packed(bundle, "android", dest=tmp_path / "file")
+    with pytest.raises(ConfigError, match='"w99_k100_r32" is not in this bundle'):
+        install_packed(bundle, "android", root=tmp_path, variants="w99_k100_r32")
+    with pytest.raises(ConfigError, match="no coreml artifacts"):
+        install_packed(bundle, "ios", root=tmp_path)
+
+
+def test_cli_install_with_dest_and_filters(bundle, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    cmd = [sys.executable, "-m", "exporter.cli", "bundle", "install-android", str(bundle)]
+    r = subprocess.run([*cmd, "--dest", str(tmp_path / "app"), "--precisions", "fp32"], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "app" / "bundle.svpack").stat().st_size > 0 and "bundle.svpack" in r.stdout
+    r = subprocess.run([*cmd, "--unpacked", "--dest", str(tmp_path / "x")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--unpacked" in r.stderr
+    assert not (tmp_path / "x").exists()

@@ -2,9 +2,11 @@
 // the compute-pressure / battery state and classify sample images with the chosen variant.
 import * as ort from '/ort/ort.min.mjs';
 import { Policy } from './policy.js';
+import { PackedBundle } from './pack.js';
 
 const params = new URLSearchParams(location.search);
 const BUNDLE = (params.get('bundle') || 'bundle/').replace(/\/?$/, '/');
+const PACK = params.get('pack'); // a packed bundle (.svpack): artifacts rebuilt when first needed
 const $ = (id) => document.getElementById(id);
 ort.env.wasm.wasmPaths = '/ort/';
 ort.env.wasm.numThreads = 1; // no cross-origin isolation needed
@@ -69,9 +71,20 @@ class DeviceState {
 
 class Demo {
   async init() {
-    const res = await fetch(`${BUNDLE}manifest.json`);
-    if (!res.ok) throw new Error(`no manifest at ${BUNDLE}manifest.json (HTTP ${res.status})`);
-    this.manifest = await res.json();
+    if (PACK) {
+      const res = await fetch(PACK);
+      if (!res.ok) throw new Error(`no pack at ${PACK} (HTTP ${res.status})`);
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      this.packed = await PackedBundle.open(bytes, { name: PACK, maxTotalBytes: 2 ** 31 });
+      this.manifest = this.packed.manifest;
+      document.body.dataset.source = 'pack';
+      document.body.dataset.materialized = '0';
+      log(`opened pack ${PACK} (${(bytes.length / 1024).toFixed(0)} KB, ${this.packed.pack.files.length} files)`);
+    } else {
+      const res = await fetch(`${BUNDLE}manifest.json`);
+      if (!res.ok) throw new Error(`no manifest at ${BUNDLE}manifest.json (HTTP ${res.status})`);
+      this.manifest = await res.json();
+    }
     if (!String(this.manifest.schema_version).startsWith('1.')) throw new Error(`manifest schema ${this.manifest.schema_version} is not supported`);
     if (!this.manifest.policy) throw new Error('the manifest has no policy section');
     this.policy = new Policy(this.manifest.policy);
@@ -143,7 +156,13 @@ class Demo {
     const art = this.artifact(id);
     if (!art) throw new Error(`variant ${id} has no ONNX artifact`);
     const pending = (async () => {
-      const buf = await (await fetch(BUNDLE + art.path)).arrayBuffer();
+      let buf;
+      if (this.packed) { // rebuilt from the pack and checked against the manifest's sha256 and size
+        buf = await this.packed.artifact(art);
+        document.body.dataset.materialized = String(this.packed.cache.size);
+      } else {
+        buf = await (await fetch(BUNDLE + art.path)).arrayBuffer();
+      }
       const digest = await sha256Hex(buf);
       if (digest !== art.sha256 || buf.byteLength !== art.bytes) {
         throw new Error(`${art.path}: sha256 ${digest} does not match the manifest; refusing to load`);

@@ -30,6 +30,7 @@ android {
 
 dependencies {
     implementation(project(":policy"))
+    implementation(project(":pack"))
     implementation("com.google.ai.edge.litert:litert:1.0.1")
     implementation("com.google.ai.edge.litert:litert-gpu:1.0.1")
     implementation("androidx.appcompat:appcompat:1.7.0")

@@ -13,6 +13,7 @@ from exporter.fileio import atomic_dir, atomic_path
 from exporter.gate.files import read_capped
 from exporter.gate.limits import MAX_JSON_BYTES
 from exporter.manifest import MANIFEST_NAME, SCHEMA_NAME, read_manifest
+from exporter.bundle.pack import Selection, pack_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +35,7 @@ APPS = {
                      Path("ios_demo/SlimvitDemo/Resources/sample.png")),
 }
 EXTRA_FILES = ("policy_vectors.json", "manifest.sig")
+PACK_NAME = "bundle.svpack"  # what install_packed writes; the apps open it (docs/bundle-format.md)
 
 
 def install_bundle(bundle: str | Path, app: str, root: str | Path = ROOT, sample: str | Path | None = None) -> Path:
@@ -94,3 +96,34 @@ def _write_sample(manifest: dict, out: Path, sample: str | Path | None) -> None:
     img = (test.images[0].transpose(1, 2, 0) * 255).round().astype(np.uint8)  # (8, 8, 3)
     with atomic_path(out) as tmp:
         Image.fromarray(img).resize((64, 64), Image.NEAREST).save(tmp, format="PNG")
+
+
+def install_packed(bundle: str | Path, app: str, *, root: str | Path = ROOT, dest: str | Path | None = None,
+                   precisions: str | None = None, variants: str | None = None,
+                   sample: str | Path | None = None) -> Path:
+    """Verify ``bundle``, then write the packed form of the app's artifacts (its format, and the
+    chosen precisions and variants) as ``bundle.svpack`` into the demo app, or into ``dest`` (the
+    user's own app's asset/resource folder). The app rebuilds a tier from it when the policy first
+    needs one (android_demo/pack, ios_demo/SlimvitPack).
+
+    Returns:
+        The pack file written.
+
+    Raises:
+        BundleError: the bundle fails verification (nothing is written).
+        ConfigError: unknown app, bad filters, no artifact of the app's format, or ``dest`` is a file.
+    """
+    check_choice("app", app, APPS)
+    target = APPS[app]
+    manifest = read_manifest(bundle)
+    if not any(a["format"] == target.format for v in manifest["variants"] for a in v["artifacts"]):
+        raise ConfigError(f"bundle {bundle} has no {target.format} artifacts for the {app} app; export "
+                          f"with --formats {target.format}")
+    folder = Path(dest) if dest is not None else (Path(root) / target.bundle_dir).parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--dest {folder} is a file; give the app's asset or resource folder")
+    out = folder / PACK_NAME
+    pack_bundle(bundle, out, Selection.parse(target.format, precisions, variants))
+    if dest is None:
+        _write_sample(manifest, Path(root) / target.sample, sample)
+    return out

@@ -8,16 +8,18 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from exporter.bundle.install import install_bundle
+from exporter.bundle.install import install_bundle, install_packed
+from exporter.bundle.unpack import sign_pack, verify_pack
 from exporter.bundle.keys import generate_keypair
 from exporter.bundle.signing import sign_bundle
 from exporter.bundle.verify import verify_bundle
 from exporter.commands.common import app, bundle_app, console, out_console, say
+from exporter.errors import ConfigError
 from exporter.gate.files import dumps_strict
 
 
 @app.command()
-def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory or pack file.")],
            public_key: Annotated[Path | None, typer.Option(
                "--public-key", help="Ed25519 public key (PEM); manifest.sig must verify.")] = None,
            min_bundle_version: Annotated[int | None, typer.Option(
@@ -25,7 +27,10 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
            as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
            ) -> None:
     """Check a bundle as an app must before loading it; exit 1 listing every problem."""
-    report = verify_bundle(bundle, public_key, min_bundle_version=min_bundle_version)
+
+
+    check = verify_pack if bundle.is_file() else verify_bundle
+    report = check(bundle, public_key, min_bundle_version=min_bundle_version)
     if as_json:
         print(dumps_strict(report.to_dict(), indent=2))
     else:
@@ -43,7 +48,7 @@ def verify(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
 
 
 @app.command()
-def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory (must verify first).")],
+def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory or pack file (must verify first).")],
          key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM).")],
          expires: Annotated[str | None, typer.Option(
              "--expires", help="Expiry written into the manifest: 30d, 12h or an ISO 8601 time.")] = None,
@@ -51,7 +56,9 @@ def sign(bundle: Annotated[Path, typer.Argument(help="Bundle directory (must ver
              "--bundle-version", help="New bundle_version written into the manifest.")] = None,
          ) -> None:
     """Sign a bundle's manifest with Ed25519 (writes manifest.sig)."""
-    path = sign_bundle(bundle, key, expires=expires, bundle_version=bundle_version)
+
+    signer = sign_pack if bundle.is_file() else sign_bundle
+    path = signer(bundle, key, expires=expires, bundle_version=bundle_version)
     console.print(f"signed: {path}")
 
 
@@ -62,15 +69,41 @@ def keygen(key: Annotated[Path, typer.Argument(help="Private key file to create 
     console.print(f"private key: {private} (keep it secret)\npublic key:  {public} (ship it in the app)")
 
 
+PrecisionsOpt = Annotated[str | None, typer.Option(
+    "--precisions", help="Only these precisions (comma-separated), e.g. fp32 or int8-dynamic.")]
+VariantsOpt = Annotated[str | None, typer.Option("--variants", help="Only these variant ids (comma-separated).")]
+DestOpt = Annotated[Path | None, typer.Option(
+    "--dest", help="Your own app's asset/resource folder (default: the demo app's).")]
+UnpackedOpt = Annotated[bool, typer.Option(
+    "--unpacked", help="Copy the bundle directory (the old form) instead of writing bundle.svpack.")]
+
+
 @bundle_app.command("install-android")
 def bundle_install_android(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-                           sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
-    """Verify BUNDLE and copy it (TFLite artifacts) into android_demo's assets."""
-    out_console.print(f"installed {install_bundle(bundle, 'android', sample=sample)}")
+                           sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None,
+                           precisions: PrecisionsOpt = None, variants: VariantsOpt = None,
+                           dest: DestOpt = None, unpacked: UnpackedOpt = False) -> None:
+    """Verify BUNDLE and write its TFLite artifacts, packed, into android_demo's assets (or --dest)."""
+    _install(bundle, "android", sample, precisions, variants, dest, unpacked)
 
 
 @bundle_app.command("install-ios")
 def bundle_install_ios(bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-                       sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None) -> None:
-    """Verify BUNDLE and copy it (Core ML artifacts) into ios_demo's resources."""
-    out_console.print(f"installed {install_bundle(bundle, 'ios', sample=sample)}")
+                       sample: Annotated[Path | None, typer.Option(help="Image to classify.")] = None,
+                       precisions: PrecisionsOpt = None, variants: VariantsOpt = None,
+                       dest: DestOpt = None, unpacked: UnpackedOpt = False) -> None:
+    """Verify BUNDLE and write its Core ML artifacts, packed, into ios_demo's resources (or --dest)."""
+    _install(bundle, "ios", sample, precisions, variants, dest, unpacked)
+
+
+def _install(bundle: Path, app_name: str, sample: Path | None, precisions: str | None, variants: str | None,
+             dest: Path | None, unpacked: bool) -> None:
+
+    if unpacked:
+        if precisions or variants or dest:
+            raise ConfigError("--unpacked copies the whole bundle into the demo app; drop --precisions, "
+                              "--variants and --dest, or drop --unpacked")
+        out_console.print(f"installed {install_bundle(bundle, app_name, sample=sample)}", highlight=False)
+        return
+    path = install_packed(bundle, app_name, dest=dest, precisions=precisions, variants=variants, sample=sample)
+    out_console.print(f"installed {path} ({path.stat().st_size / 2**20:.2f} MiB)", highlight=False)
