@@ -222,7 +222,7 @@ def test_precisions_run_in_the_runtime_within_budget_with_delegation(tmp_path):
     assert arts[("tflite", "fp32")]["delegation"]["partitions"] == 1
     assert arts[("tflite", "fp32")]["delegation"]["fallback_ops"] == {}
     # ... and `slimvit report` shows it: one row per ExecuTorch/TFLite artifact, LayerNorm named.
-    from exporter.report_delegation import delegation_table
+    from exporter.measure.report_delegation import delegation_table
 
     table = delegation_table(manifest)
     assert table.count("<tr>") == 1 + len(arts) and "aten::native_layer_norm ×" in table

@@ -48,8 +48,8 @@ def test_ios_needs_coreml_artifacts(bundle, tmp_path):
 
 
 def test_install_packed_writes_only_the_chosen_tflite_artifacts(bundle, tmp_path):
-    from exporter.install import install_packed
-    from exporter.packfile import PackReader
+    from exporter.bundle.install import install_packed
+    from exporter.bundle.packfile import PackReader
 
     out = install_packed(bundle, "android", root=tmp_path, precisions="fp32")
     assert out == tmp_path / "android_demo/app/src/main/assets/bundle.svpack"
@@ -64,7 +64,7 @@ def test_install_packed_writes_only_the_chosen_tflite_artifacts(bundle, tmp_path
 
 def test_install_packed_into_the_users_own_app(bundle, tmp_path):
     from exporter.errors import ConfigError
-    from exporter.install import install_packed
+    from exporter.bundle.install import install_packed
 
     out = install_packed(bundle, "android", root=tmp_path / "repo", dest=tmp_path / "myapp/assets")
     assert out == tmp_path / "myapp/assets/bundle.svpack" and out.stat().st_size > 0

@@ -101,7 +101,7 @@ def test_a_pack_that_disagrees_with_its_manifest_is_refused(bundle, tmp_path):
 
 
 def test_sign_a_pack_then_verify_it_and_refuse_a_flipped_byte(bundle, tmp_path):
-    from exporter.bundle.signing import generate_keypair
+    from exporter.bundle.keys import generate_keypair
 
     private, public = generate_keypair(tmp_path / "key")
     pack_bundle(bundle, tmp_path / "s.svpack")

@@ -26,7 +26,8 @@ def test_policy_first_then_one_chart_per_device_and_runtime_then_every_artifact(
     ingest_reports(bundle, [DATA / "device_report_pixel7.json"])
     page = write_report(bundle, tmp_path / "out" / "report.html").html.read_text()
     h2 = re.findall(r"<h2>(.*?)</h2>", page)
-    assert [h[:2] for h in h2] == ["1.", "2.", "3."] and "Which variant runs when" in h2[0]
+    assert [h[:2] for h in h2] == ["1.", "2.", "3.", "4."] and "Which variant runs when" in h2[0]
+    assert "XNNPACK delegate" in h2[3]
     host, _ = host_device()
     m = read_manifest(bundle)
     titles = [t for t, _, _ in chart_groups(m)]
