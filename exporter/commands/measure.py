@@ -27,7 +27,8 @@ def profile(
     names = [r.strip() for r in runtime.split(",") if r.strip()] if runtime is not None else None
     n = len(plan_profile(bundle, names))
     with progress_bar(n, "profile") as step:
-        manifest = profile_bundle(bundle, names, threads, runs, warmup, device_id, progress=step)
+        manifest = profile_bundle(bundle, names, threads, runs, warmup, device_id, progress=step,
+                                  warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False))
     dev = device_id or host_device()[0]
     table = Table(title=f"latency on {dev} ({runs} runs, {threads} thread(s))")
     for col in ("variant", "artifact", "p50 ms", "p90 ms", "p99 ms", "load ms", "first ms", "peak MB", "front"):
