@@ -56,7 +56,7 @@ def export(checkpoint: CheckpointArg,
            eval_data: Annotated[str | None, typer.Option(
                "--eval-data", help="'builtin' to measure held-out accuracy on the digits set.")] = None,
            precisions: Annotated[str, typer.Option(
-               "--precisions", help="fp32,fp16,int8,int8-dynamic,int8-xnnpack,int8-weights,palettized")] = "fp32",
+               "--precisions", help="fp32,fp16,int8,int8-dynamic,int8-xnnpack,int8-full,int8-weights,palettized")] = "fp32",
            calibration: Annotated[str | None, typer.Option(
                "--calibration", help="builtin, an image directory or an .npz with normalized x.")] = None,
            calibration_samples: Annotated[int, typer.Option("--calibration-samples")] = 128,
