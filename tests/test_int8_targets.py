@@ -120,3 +120,28 @@ def test_cli_bad_int8_target_is_one_line_exit_2_and_writes_nothing(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and 'did you mean "x86-vnni"' in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_profile_warns_when_this_host_lacks_the_target_unit(tmp_path):
+    from exporter.bundle import export_bundle
+    from exporter.checkpoint import LoadedModel
+    from exporter.config import VariantGrid
+    from exporter.manifest import read_manifest
+    from exporter.profile import profile_bundle
+    from tests.conftest import tiny_model
+
+    loaded = LoadedModel(tiny_model(), "tiny", "slimvit", [str(i) for i in range(10)])
+    grid = VariantGrid((1.0,), (1.0,), (24,))
+    expect = {}
+    for target in ("arm-dotprod", "x86-vnni"):
+        out = tmp_path / target
+        manifest = export_bundle(loaded, grid, out, ("onnx",),
+                                 quantize=QuantizeOptions(("int8-dynamic",), max_drop=1.0, int8_target=target))
+        assert manifest["calibration"]["int8_target"] == target
+        (art,) = [a for a in manifest["variants"][0]["artifacts"] if a["precision"] == "int8-dynamic"]
+        assert art["quantization"]["target"] == target and read_manifest(out) == manifest  # schema-valid
+        warnings: list[str] = []
+        profile_bundle(out, ["onnxruntime"], runs=1, warmup=0, warn=warnings.append)
+        expect[target] = host_has_unit(target, host_cpu_flags())
+        assert len(warnings) == (0 if expect[target] else 1), warnings
+        assert all(target in w for w in warnings)
