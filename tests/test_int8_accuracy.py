@@ -39,18 +39,22 @@ def test_calibrated_int8_is_within_half_a_point_and_nothing_is_left_out(trained,
     opts = QuantizeOptions(precisions, cal, "minmax", DEFAULT_MAX_DROP)
     manifest = export_bundle(trained, GRID, tmp_path, formats=tuple(CALIBRATED), eval_set=digits("test"),
                              quantize=opts)
-    assert manifest["calibration"]["excluded"] == []
     assert manifest["calibration"]["seed"] == 0 and manifest["calibration"]["int8_target"] == "arm-dotprod"
+    problems = [f"left out: {e}" for e in manifest["calibration"]["excluded"]]
     seen = set()
     for v in manifest["variants"]:
         arts = {(a["format"], a["precision"]): a for a in v["artifacts"]}
         assert arts[("onnx", "fp32")]["accuracy"]["top1"] > 0.7, v["id"]  # a real model, not chance
         for fmt, names in CALIBRATED.items():
             for name in names:
-                a = arts[(fmt, name)]
+                a = arts.get((fmt, name))
+                if a is None:
+                    continue  # reported under "left out"
                 assert get_precision(fmt, name).calibrated and a["quantization"]["calibrated"]
-                assert a["quantization"]["target"] == "arm-dotprod"
-                acc = a["accuracy"]
-                assert acc["samples"] == 359 and acc["drop"] <= GOAL + 1e-9, (v["id"], fmt, name, acc)
+                assert a["quantization"]["target"] == "arm-dotprod" and a["accuracy"]["samples"] == 359
                 seen.add((v["id"], fmt, name))
+                if a["accuracy"]["drop"] > GOAL + 1e-9:
+                    problems.append(f"{v['id']} {fmt} {name}: drop {100 * a['accuracy']['drop']:.2f} p.p. "
+                                    f"(float ops {a['quantization']['float_ops']})")
+    assert not problems, "\n".join(problems)
     assert len(seen) == len(manifest["variants"]) * 3 == 6
