@@ -73,11 +73,13 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                              warn: Callable[[str], None] | None = None,
                              policy: str | Path | dict[str, Any] | None = None, nhwc: bool = False,
                              keep_going: bool = False, coreml_target: str = "iOS17",
-                             resume: bool = False, cache_dir: str | Path | None = None) -> dict[str, Any]:
+                             resume: bool = False, cache_dir: str | Path | None = None,
+                             int8_target: str = "arm-dotprod") -> dict[str, Any]:
     """`export_bundle` with an evaluation set chosen by name (``builtin`` = digits held-out) and
     the precisions beyond fp32, calibrated on ``calibration`` (see `exporter.convert.quantize`);
     ``coreml_target`` is the Core ML minimum deployment target; ``resume`` takes artifacts a
-    killed export finished from the artifact cache (``cache_dir``)."""
+    killed export finished from the artifact cache (``cache_dir``); ``int8_target`` is the CPU
+    int8 recipes are tuned for (`exporter.convert.quantize.targets`)."""
     eval_set = None
     if eval_data is not None:
         labels = loaded.labels or [str(i) for i in range(loaded.model.cfg.num_classes)]
@@ -89,7 +91,8 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
     if not formats:
         raise ConfigError("--formats is empty; give at least one format, e.g. onnx")
     quant = quantize_options(precisions, calibration, loaded.preprocess, calibration_samples,
-                             method=calibration_method, max_drop=max_drop, warn=warn)
+                             method=calibration_method, max_drop=max_drop, warn=warn,
+                             int8_target=int8_target)
     manifest = export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
                              quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
                              format_options={"coreml": {"deployment_target": coreml_target}},

@@ -139,12 +139,18 @@ def test_onnx_int8_is_static_qdq_per_channel_and_retry_keeps_sensitive_ops_float
         made = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
         return sum(any(i in made for i in n.input) for n in model.graph.node if n.op_type == op_type)
 
-    assert quantized_inputs(full, "LayerNormalization") > 0 and quantized_inputs(kept, "LayerNormalization") == 0
-    # attention's two activation x activation MatMuls per block stay float on the retry
-    weights = {t.name for t in kept.graph.initializer}
-    att = [n for n in kept.graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
-    assert len(att) >= 8 and quantized_inputs(kept, "Conv") == 0
-    assert kept.ByteSize() > full.ByteSize()
+    # int8 only on the weighted layers: LayerNorm, the attention matmuls (activation x
+    # activation), softmax and GELU stay float, and no layer output is requantized
+    assert quantized_inputs(full, "Gemm") >= 4 * 4 and quantized_inputs(full, "LayerNormalization") == 0
+    for graph in (full, kept):
+        weights = {t.name for t in graph.graph.initializer}
+        att = [n for n in graph.graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
+        assert len(att) >= 8 and quantized_inputs(graph, "MatMul") == 0
+        assert quantized_inputs(graph, "Softmax") == quantized_inputs(graph, "Gelu") == 0
+        made = {o: n.op_type for n in graph.graph.node for o in n.output}
+        assert not [n for n in graph.graph.node if n.op_type == "QuantizeLinear"
+                    and made.get(n.input[0]) in ("Gemm", "MatMul")]
+    assert quantized_inputs(kept, "Conv") == 0 and kept.ByteSize() > full.ByteSize()
 
     job = _job(fp32, loaded, (), tmp_path / "dyn.onnx")
     get_precision("onnx", "int8-dynamic").quantize(job)
@@ -210,10 +216,10 @@ def test_tflite_precisions_run_in_the_litert_interpreter(loaded, eval_set, tmp_p
         assert "INT8" in info.dtypes and info.ops.get("QUANTIZE", 0) >= 1
 
 
-def test_tflite_int8_xnnpack_stays_one_delegate_partition(loaded, tmp_path):
-    """Full-integer int8 is cut into many XNNPACK partitions (its int8 softmax, GELU, LayerNorm
-    statistics, residual adds and attention matmuls run in the interpreter); int8-xnnpack keeps
-    those ops in float and the whole graph in one partition, as fp32 is."""
+def test_tflite_int8_stays_one_delegate_partition(loaded, tmp_path):
+    """Full-integer int8 (int8-full) is cut into many XNNPACK partitions (its int8 softmax, GELU,
+    LayerNorm statistics, residual adds and attention matmuls run in the interpreter); int8 and
+    int8-xnnpack keep those ops in float and the whole graph in one partition, as fp32 is."""
     import collections
 
     from exporter.convert.formats.tflite import TFLiteFormat, graph_info
@@ -223,7 +229,7 @@ def test_tflite_int8_xnnpack_stays_one_delegate_partition(loaded, tmp_path):
     fmt = TFLiteFormat()
     fmt.export(extract_variant(loaded.model, s), np.zeros((1, 3, 24, 24), np.float32), fp32, {})
     partitions, dtypes = {}, {}
-    for name in ("int8", "int8-xnnpack"):
+    for name in ("int8", "int8-xnnpack", "int8-full"):
         job = _job(fp32, loaded, (), tmp_path / f"{name}.tflite")
         get_precision("tflite", name).quantize(job)
         ops = collections.Counter(o["op_name"] for o in fmt.interpreter(job.out)._get_ops_details())
@@ -231,10 +237,10 @@ def test_tflite_int8_xnnpack_stays_one_delegate_partition(loaded, tmp_path):
         dtypes[name] = graph_info(job.out).dtypes
         assert fmt.run(job.out, job.calibration).shape == (16, 10)
     ops = collections.Counter(o["op_name"] for o in fmt.interpreter(fp32)._get_ops_details())
-    assert ops["DELEGATE"] == 1 and partitions["int8-xnnpack"] == 1, partitions
-    assert partitions["int8"] > 10, partitions
-    assert "INT8" in dtypes["int8-xnnpack"] and (tmp_path / "int8-xnnpack.tflite").stat().st_size \
-        < 0.5 * fp32.stat().st_size
+    assert ops["DELEGATE"] == 1 and partitions["int8"] == partitions["int8-xnnpack"] == 1, partitions
+    assert partitions["int8-full"] > 10, partitions
+    for name in ("int8", "int8-xnnpack"):
+        assert "INT8" in dtypes[name] and (tmp_path / f"{name}.tflite").stat().st_size < 0.5 * fp32.stat().st_size
 
 
 def test_coreml_precisions_carry_simulated_accuracy_and_say_so(loaded, eval_set, tmp_path):

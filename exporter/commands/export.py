@@ -92,6 +92,9 @@ def export(checkpoint: CheckpointArg,
                "--calibration-method", help="minmax, entropy or percentile.")] = "minmax",
            max_drop: Annotated[float, typer.Option(
                "--max-drop", help="Allowed top-1 drop vs FP32 in p.p.; over it: retry, then leave out.")] = 1.0,
+           int8_target: Annotated[str, typer.Option(
+               "--int8-target", help="CPU int8 recipes are tuned for: arm-dotprod (phones), x86-vnni, "
+                                     "x86-avx2 or portable.")] = "arm-dotprod",
            policy: Annotated[Path | None, typer.Option(
                "--policy", help="Switching policy (JSON/YAML) merged over the default; docs/policy.md.")] = None,
            nhwc: Annotated[bool, typer.Option("--nhwc", help="TFLite input in NHWC (camera) layout.")] = False,
@@ -122,7 +125,7 @@ def export(checkpoint: CheckpointArg,
                 calibration_method=calibration_method, max_drop=max_drop / 100,
                 warn=lambda m: say("warning:", m), policy=policy,
                 nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target, resume=resume,
-                cache_dir=cache_dir)
+                cache_dir=cache_dir, int8_target=int8_target)
     except IncompleteBundleError as e:  # --keep-going: show what was written, then the failures
         out_console.print(variant_table(e.manifest, f"bundle {out} (incomplete)"))
         for variant, fmt, why in e.failures:

@@ -40,7 +40,8 @@ def profile(
     jobs = plan_profile(bundle, names)
     before = read_manifest(bundle).get("policy")
     with progress_bar(len(jobs), "profile") as step:
-        manifest = profile_bundle(bundle, names, threads, runs, warmup, device_id, progress=step)
+        manifest = profile_bundle(bundle, names, threads, runs, warmup, device_id, progress=step,
+                                  warn=lambda m: say("warning:", m))
     dev = device_id or host_device()[0]
     if details:
         out_console.print(_details_table(manifest, dev, runs, threads))

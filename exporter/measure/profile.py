@@ -25,6 +25,7 @@ from exporter.manifest import read_manifest, write_manifest
 from exporter.measure.worker import RUNTIMES, Runtime
 from exporter.policy.pareto import bundle_fronts
 from exporter.policy.store import refresh_bundle_policy
+from exporter.convert.quantize.targets import host_cpu_flags, target_warnings
 
 Progress = Callable[[str], None]
 WORKER = Path(__file__).with_name("worker.py")
@@ -150,7 +151,8 @@ def plan_profile(bundle: str | Path, runtimes: Sequence[str] | None = None) -> l
 
 def profile_bundle(bundle: str | Path, runtimes: Sequence[str] | None = None, threads: int = 1,
                    runs: int = 50, warmup: int = 5, device_id: str | None = None,
-                   progress: Progress | None = None) -> dict[str, Any]:
+                   progress: Progress | None = None,
+                   warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every runnable artifact of the bundle and write the results into its manifest.
 
     Args:
@@ -162,6 +164,8 @@ def profile_bundle(bundle: str | Path, runtimes: Sequence[str] | None = None, th
         warmup: untimed inferences after the first.
         device_id: override the host's device id (e.g. a name shared by a fleet of CI hosts).
         progress: called with a short description before each artifact.
+        warn: called once per int8 target of the bundle whose unit this host lacks (the
+            artifacts' latency here then says little about their target).
 
     Returns:
         The updated manifest. Latency entries of other devices are kept; this device's entries
@@ -182,6 +186,9 @@ def profile_bundle(bundle: str | Path, runtimes: Sequence[str] | None = None, th
     bundle = Path(bundle)
     jobs = plan_profile(bundle, runtimes)
     manifest = read_manifest(bundle)
+    measured = {"variants": [{"artifacts": [j.artifact for j in jobs]}]}
+    for line in target_warnings(measured, host_cpu_flags()):
+        (warn or (lambda m: None))(line)
     arts = {(v["id"], a["path"]): a for v in manifest["variants"] for a in v["artifacts"]}
     for job in jobs:
         if progress:

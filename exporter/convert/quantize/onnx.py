@@ -1,7 +1,18 @@
-"""ONNX precisions: fp16 (float16 weights and math, float32 I/O), int8 (static QDQ, per-channel
-weights, calibrated activations) and int8-dynamic (int8 weights, activations quantized at run
-time). Quantization starts from ONNX Runtime's pre-processing (shape inference and graph
-optimizations such as MatMul+Add -> Gemm), which lets more ops take the int8 path."""
+"""ONNX precisions: fp16 (float16 weights and math, float32 I/O), int8 (static QDQ on the
+weighted layers, calibrated activations) and int8-dynamic (int8 weights, activations quantized
+at run time). Quantization starts from ONNX Runtime's pre-processing (shape inference and graph
+optimizations such as MatMul+Add -> Gemm), which lets more ops take the int8 path.
+
+Where the time goes (ORT profiler, DeiT-Ti shape, 1 thread; docs/quantization.md): the weighted
+layers (Gemm) are ~64% of FP32 time and run ~3.7x faster in int8. Everything else ONNX Runtime's
+CPU kernels make *slower* in int8 at ViT shapes: the two attention MatMuls (QLinearMatMul /
+MatMulIntegerToFloat plus the QuantizeLinear they need cost more than the float MatMuls),
+Softmax (QLinearSoftmax ~4x the float op), and QDQ pairs around LayerNorm and data movement
+(Reshape/Transpose/Split) only add QuantizeLinear/DequantizeLinear passes. So int8 quantizes the
+inputs of the weighted layers only and lets each Gemm write float (no requantize + dequantize
+pair per layer); the target CPU (`exporter.convert.quantize.targets`) picks S8S8 or U8S8 and whether
+weights are 7-bit.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +24,13 @@ import onnx
 
 from exporter.convert.formats.base import quiet
 from exporter.convert.quantize.registry import Precision, QuantJob, register
+from exporter.convert.quantize.targets import TARGETS
 
-# Op types ONNX Runtime's QDQ quantizer would quantize that a retry keeps in float. Softmax and
-# Gelu have no QDQ kernel on CPU, so they stay float in every case.
-_SENSITIVE_TYPES = {"layernorm": "LayerNormalization", "softmax": "Softmax", "gelu": "Gelu"}
-_QDQ_TYPES = ("Conv", "Gemm", "MatMul", "LayerNormalization", "Reshape", "Transpose", "Slice",
-              "Split", "Gather", "GatherElements", "TopK", "Unsqueeze", "Squeeze", "Flatten")
+# Ops whose inputs int8 quantizes: the weighted layers. Attention MatMuls (activation x
+# activation) are excluded by node below; Softmax, Gelu and LayerNorm stay float.
+_QDQ_TYPES = ("Conv", "Gemm", "MatMul")
+# Layers that write float: a requantized output would be dequantized again by the float op after it.
+_FLOAT_OUTPUT_TYPES = ["Gemm", "MatMul"]
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
@@ -57,7 +69,8 @@ def _float_nodes(model: onnx.ModelProto, kinds: tuple[str, ...]) -> list[str]:
     for n in nodes:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    names: list[str] = []
+    # attention MatMuls (activation x activation) always stay float: int8 is slower there
+    names: list[str] = [n.name for n in nodes if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
     if "softmax" in kinds:
         names += [n.name for n in nodes if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
     if "gelu" in kinds:
@@ -111,26 +124,28 @@ def quantize_int8(job: QuantJob) -> None:
 
     if job.calibration is None:
         raise ValueError("static int8 needs calibration inputs")
+    target = TARGETS[job.target]
     with tempfile.TemporaryDirectory() as work:
         pre = _prepared(job.fp32_path, Path(work))
         model = onnx.load(str(pre))
-        ops = [t for t in _QDQ_TYPES if t not in {_SENSITIVE_TYPES.get(k) for k in job.float_ops}]
         exclude = _float_nodes(model, job.float_ops)
         out = Path(work) / "int8.onnx"
         with quiet():
             quantize_static(
                 str(pre), str(out), _Reader(model.graph.input[0].name, job.calibration),
-                # U8 activations / S8 weights, with 7-bit weights (reduce_range): x86 CPUs
-                # without VNNI multiply u8 x s8 pairs with a saturating 16-bit add
-                # (vpmaddubsw), which cost up to 12 p.p. top-1 on the demo's 1-head width;
-                # 7-bit weights cannot saturate, and cost nothing measurable on ARM or VNNI.
-                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                op_types_to_quantize=ops, nodes_to_exclude=exclude,
+                # S8S8 where the unit multiplies s8 x s8 (ARM sdot), U8S8 on x86 (vpdpbusd and
+                # vpmaddubsw are u8 x s8). 7-bit weights only where u8 x s8 pairs are added in
+                # saturating 16 bits (x86 without VNNI): that saturation cost up to 12 p.p. top-1
+                # on the demo's 1-head width; on VNNI/dotprod 8-bit weights are exact.
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=target.ort_reduce_range,
+                activation_type=QuantType.QInt8 if target.ort_activations == "int8" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(_QDQ_TYPES), nodes_to_exclude=exclude,
                 calibrate_method=getattr(CalibrationMethod, _METHODS[job.method]),
                 # one sample per calibration run: a moving average of per-sample ranges is
                 # narrower than the data and clips (demo mean drop 0.60 p.p. vs 0.19 global)
-                extra_options={"CalibMovingAverage": False},
+                extra_options={"CalibMovingAverage": False,
+                               "OpTypesToExcludeOutputQuantization": _FLOAT_OUTPUT_TYPES},
             )
         _finish(out, job, "int8")
 
@@ -143,20 +158,23 @@ def quantize_int8_dynamic(job: QuantJob) -> None:
         exclude = _float_nodes(onnx.load(str(pre)), job.float_ops)
         out = Path(work) / "dyn.onnx"
         with quiet():
-            # 7-bit weights for the same x86 saturation as static int8 (demo worst drop 4.74 -> 0.28)
+            # 7-bit weights only for targets whose unit saturates (x86 without VNNI: demo worst
+            # drop 4.74 -> 0.28 p.p. there); activations are u8 in ORT's dynamic kernels
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm"],
-                             per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
-                             nodes_to_exclude=exclude)
+                             per_channel=True, reduce_range=TARGETS[job.target].ort_reduce_range,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
         _finish(out, job, "int8-dynamic")
 
 
 
 FP16 = register(Precision("fp16", "onnx", "float16 weights and math, float32 input/output",
                           calibrated=False, min_agreement=0.97, quantize=quantize_fp16))
-INT8 = register(Precision("int8", "onnx", "static QDQ int8: per-channel symmetric 7-bit-range int8 "
-                          "weights (reduce_range), uint8 activations with calibrated ranges",
-                          calibrated=True,
-                          min_agreement=0.8, quantize=quantize_int8))
-INT8_DYNAMIC = register(Precision("int8-dynamic", "onnx", "per-channel 7-bit-range int8 weights of "
-                                  "MatMul/Gemm (reduce_range), activations quantized per run", calibrated=False,
-                                  min_agreement=0.8, quantize=quantize_int8_dynamic))
+INT8 = register(Precision("int8", "onnx", "static QDQ int8 on the weighted layers: per-channel int8 "
+                          "weights, calibrated int8 (arm-dotprod) or uint8 (x86) activations, float "
+                          "outputs; attention matmuls, softmax, GELU and LayerNorm in float; 7-bit "
+                          "weights for x86-avx2/portable", calibrated=True,
+                          min_agreement=0.8, quantize=quantize_int8, uses_target=True))
+INT8_DYNAMIC = register(Precision("int8-dynamic", "onnx", "per-channel int8 weights of MatMul/Gemm "
+                                  "(7-bit for x86-avx2/portable), activations quantized per run",
+                                  calibrated=False, min_agreement=0.8, quantize=quantize_int8_dynamic,
+                                  uses_target=True))

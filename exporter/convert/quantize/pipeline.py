@@ -34,6 +34,7 @@ from exporter.convert.quantize.registry import (
 )
 from exporter.errors import ConfigError
 from exporter.fileio import sha256_file, sha256_tree
+from exporter.convert.quantize.targets import DEFAULT_TARGET, check_target
 
 DEFAULT_MAX_DROP = 0.01
 _OVER_BUDGET = ("agreement", "top-1 drop")  # how _measure's reasons start: worth a retry
@@ -48,15 +49,18 @@ class QuantizeOptions:
         calibration: the calibration set (required by calibrated precisions such as ``int8``).
         method: activation-range estimation (``minmax``, ``entropy``, ``percentile``).
         max_drop: largest allowed top-1 drop against the FP32 PyTorch variant (0.01 = 1 p.p.).
+        int8_target: the CPU int8 recipes are tuned for (`exporter.convert.quantize.targets`).
     """
 
     precisions: tuple[str, ...] = (FP32,)
     calibration: CalibrationSet | None = None
     method: str = "minmax"
     max_drop: float = DEFAULT_MAX_DROP
+    int8_target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
         check_method(self.method)
+        check_target(self.int8_target)
         if not 0 <= self.max_drop <= 1:
             raise ConfigError(f"--max-drop is a fraction of top-1 in [0, 1] (0.01 = 1 p.p.), "
                               f"but got {self.max_drop}")
@@ -76,7 +80,7 @@ class QuantizeOptions:
         src = self.calibration.describe() if self.calibration else {"source": "none", "samples": 1,
                                                                      "seed": 0}
         return {**src, "method": self.method, "precisions": list(self.precisions),
-                "max_drop": self.max_drop, "excluded": excluded}
+                "max_drop": self.max_drop, "int8_target": self.int8_target, "excluded": excluded}
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quant-") as work:
         job = QuantJob(fp32_path, module, example, calibration, opts.method, float_ops,
-                       dict(metadata), Path(work) / target.name, fmt.layout, fmt)
+                       dict(metadata), Path(work) / target.name, fmt.layout, fmt, opts.int8_target)
         try:
             p.quantize(job)
         except Exception as e:  # a quantizer that fails leaves this precision out, with why
@@ -166,6 +170,8 @@ def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.
         _place(job.out, target)
     quant = {"scheme": p.scheme, "calibrated": p.calibrated, "float_ops": list(float_ops)}
     delegation = fmt.delegation(target)
+    if p.uses_target:
+        quant["target"] = opts.int8_target
     return {"format": fmt.name, "precision": p.name, "path": rel.as_posix(),
             "sha256": _digest(target), "bytes": _size(target), **entry, "quantization": quant,
             **({"delegation": delegation} if delegation is not None else {})}, ""
@@ -250,7 +256,8 @@ def for_variant(opts: QuantizeOptions, pre: Preprocess, resolution: int,
 def quantize_options(precisions: str | tuple[str, ...] | list[str] | None, calibration: str | None,
                      pre: Preprocess, samples: int = 128, seed: int = 0, method: str = "minmax",
                      max_drop: float = DEFAULT_MAX_DROP,
-                     warn: Callable[[str], None] | None = None) -> QuantizeOptions | None:
+                     warn: Callable[[str], None] | None = None,
+                     int8_target: str = DEFAULT_TARGET) -> QuantizeOptions | None:
     """Options from CLI-style values (``"fp32,fp16,int8"``); None when only fp32 is asked for.
 
     Raises:
@@ -259,9 +266,10 @@ def quantize_options(precisions: str | tuple[str, ...] | list[str] | None, calib
     """
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
+    check_target(int8_target)
     names = tuple(precisions or (FP32,))
     if names == (FP32,) and calibration is None:
         return None
     check_method(method)
     cal = load_calibration(calibration, pre, samples, seed, warn) if calibration is not None else None
-    return QuantizeOptions(names, cal, method, max_drop)
+    return QuantizeOptions(names, cal, method, max_drop, int8_target)

@@ -18,6 +18,7 @@ from torch import nn
 
 from exporter.convert.formats import FORMATS
 from exporter.errors import ConfigError, did_you_mean
+from exporter.convert.quantize.targets import DEFAULT_TARGET
 
 FP32 = "fp32"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -43,6 +44,7 @@ class QuantJob:
             inputs are NCHW and quantizers transpose them as needed.
         converter: the format instance the FP32 artifact was made with, so a precision that
             converts again keeps its settings (e.g. the Core ML deployment target).
+        target: the int8 target CPU (`exporter.convert.quantize.targets`) the recipe is tuned for.
     """
 
     fp32_path: Path
@@ -55,6 +57,7 @@ class QuantJob:
     out: Path
     layout: str = "NCHW"
     converter: Any = field(default=None, repr=False)  # an ExportFormat (not imported: no cycle)
+    target: str = DEFAULT_TARGET
 
 
 Quantizer = Callable[[QuantJob], None]
@@ -76,6 +79,7 @@ class Precision:
         quantize: writes the artifact for a `QuantJob`.
         simulate: set for formats that cannot run here (Core ML off macOS).
         simulation: how ``simulate`` measures, in words.
+        uses_target: the recipe depends on the int8 target CPU; the manifest records it.
     """
 
     name: str
@@ -86,6 +90,7 @@ class Precision:
     quantize: Quantizer = field(repr=False)
     simulate: Simulator | None = field(default=None, repr=False)
     simulation: str = ""
+    uses_target: bool = False
 
 
 PRECISIONS: dict[str, dict[str, Precision]] = {}
