@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # torch 2.13.0 CPU is pinned first: pip takes it from local disk; an unpinned torch pulls a
 # multi-GB CUDA build.
 TORCH := torch==2.13.0
+# pytest-xdist workers: one per core (the suite is CPU-bound, 2 cores here).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install demo test test-py test-kotlin test-web ios-vectors lock lint clean bench
 
@@ -27,7 +29,7 @@ test: test-py test-kotlin test-web
 # higher one fails the build.
 test-py: install
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 # The Android app's pure policy module, compiled with Debian's kotlinc and run on the JVM
 # against the shared conformance vectors.

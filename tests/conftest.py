@@ -17,7 +17,8 @@ from exporter.checkpoints import LoadedModel
 from exporter.nn.config import VariantGrid, ViTConfig
 from exporter.nn.model import SlimmableViT
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (make test runs one worker per core) each worker computes on one thread.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 # Exports in tests cache their artifacts in a throwaway folder, never in the user's ~/.cache.
 if "SLIMVIT_CACHE_DIR" not in os.environ:
