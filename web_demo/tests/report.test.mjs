@@ -32,7 +32,8 @@ test('report page: policy first, charts drawn offline, no horizontal overflow at
 
     // The page reads top to bottom: the policy, then the charts, then the table.
     const headings = await page.$$eval('h2', (hs) => hs.map((h) => h.textContent));
-    assert.deepEqual(headings.map((h) => h.slice(0, 2)), ['1.', '2.', '3.']);
+    assert.deepEqual(headings.map((h) => h.slice(0, 2)), ['1.', '2.', '3.', '4.']);
+    assert.match(headings[3], /XNNPACK delegate/);
     assert.match(headings[0], /Which variant runs when/);
     const policyRows = await page.$$eval('h2 + p + .scroll table tr', (rs) => rs.length);
     assert.ok(policyRows >= 6, `policy table has ${policyRows} rows`);
