@@ -22,7 +22,7 @@ import exporter.commands.search  # noqa: F401  search
 import exporter.commands.cache  # noqa: F401  cache info|clear
 from exporter.commands.common import app, console, say
 from exporter.errors import SlimvitError
-from exporter.gate.cli import gate_app
+from exporter.gate.cli import check_argv, gate_app
 
 gate_app(app)  # every int/float flag is bounded and finite before a command runs
 
@@ -41,6 +41,7 @@ def one_line(text: str) -> str:
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
+        check_argv(sys.argv[1:])
         # Without standalone mode click returns a `typer.Exit` code instead of exiting.
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:

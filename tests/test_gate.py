@@ -347,3 +347,21 @@ def test_config_errors_are_config_errors():
 
     with pytest.raises(ConfigError):
         ViTConfig.from_dict({"mlp_ratio": float("inf")})
+
+
+@pytest.mark.parametrize("argv", [["--out", ""], ["--out="], ["--cache-dir", ""]])
+def test_5_an_empty_option_value_is_refused_before_anything_is_written(tmp_path, argv):
+    """typer turns --out "" into Path("."): in an empty directory the bundle landed in the cwd."""
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "c.safetensors"
+    save_checkpoint(tiny_model(depth=2), ckpt)
+    work = tmp_path / "empty"
+    work.mkdir()
+    extra = [] if argv[0] == "--out" or argv[0] == "--out=" else ["--out", str(tmp_path / "b")]
+    r = subprocess.run([sys.executable, "-m", "exporter.cli", "export", str(ckpt), *argv, *extra],
+                       cwd=work, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "is empty" in r.stderr and "Traceback" not in r.stderr
+    assert list(work.iterdir()) == []

@@ -34,6 +34,18 @@ def check_number(name: str, value: Any) -> None:
         raise ConfigError(f"{flag} must be in {low}{_num(lo)}, {_num(hi)}], but got {_num(value)}")
 
 
+def check_argv(argv: list[str]) -> None:
+    """Refuse an empty option value (``--out ""``, ``--out=``) before typer parses it: a Path option
+    turns "" into ".", so the command would write into the current directory. No slimvit option
+    takes an empty string."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and (arg.endswith("=") or (i + 1 < len(argv) and argv[i + 1] == ""
+                                                           and "=" not in arg)):
+            raise ConfigError(f"{arg.rstrip('=')} is empty; give it a value")
+    if "" in argv:
+        raise ConfigError("an argument is empty; give it a value")
+
+
 def _num(x: float) -> str:
     """A bound or value as the user would type it: -5, 0.5, 10000000."""
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
