@@ -66,7 +66,7 @@ def print_grid_notes(cfg: Any, grid: Any) -> None:
     for line in info:
         console.print(line, highlight=False, soft_wrap=True)
     for line in warnings:
-        console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        say("warning:", line)
 
 
 @app.command()

@@ -55,7 +55,7 @@ def profile(
                       f"{len(g.front)}: {', '.join(g.front)}" if g.front else "- (no top-1)")
     out_console.print(table)
     for line in skipped(manifest, sorted({j.artifact["format"] for j in jobs})):
-        console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        say("skipped:", line)
     for line in policy_lines(before, manifest):
         console.print(line, highlight=False, soft_wrap=True)
     _stale_signature_note(bundle)
