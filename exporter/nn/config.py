@@ -309,20 +309,19 @@ class VariantGrid:
 
 def parse_floats(text: str, what: str) -> tuple[float, ...]:
     """Parse a comma-separated list of floats from the CLI with a clear error."""
-    try:
-        values = tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ConfigError(f'{what} must be comma-separated numbers such as "1.0,0.5", but got "{text}"') from None
-    if not values:
-        raise ConfigError(f"{what} is empty; give at least one value")
-    return values
+    return _parse_list(text, what, float, "numbers", "1.0,0.5")
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """Parse a comma-separated list of integers from the CLI with a clear error."""
+    return _parse_list(text, what, int, "integers", "224,160")
+
+
+def _parse_list(text: str, what: str, kind: type, noun: str, example: str) -> tuple[Any, ...]:
     try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
+        values = tuple(kind(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise ConfigError(f'{what} must be comma-separated integers such as "224,160", but got "{text}"') from None
+        raise ConfigError(f'{what} must be comma-separated {noun} such as "{example}", but got "{text}"') from None
     if not values:
         raise ConfigError(f"{what} is empty; give at least one value")
     return values
