@@ -23,6 +23,9 @@ import numpy as np
 import onnx
 
 from exporter.convert.formats.base import quiet
+from exporter.convert.onnx_graph import (
+    add_attention_probes, half_cast_initializers, is_probe, probes_to_qattention,
+)
 from exporter.convert.quantize.registry import Precision, QuantJob, register
 from exporter.convert.quantize.targets import TARGETS
 
@@ -62,7 +65,7 @@ def _float_nodes(model: onnx.ModelProto, kinds: tuple[str, ...]) -> list[str]:
     the layer that consumes its output (fc2). first/last are the patch embedding and the head.
     """
     weights = {t.name for t in model.graph.initializer}
-    nodes = list(model.graph.node)
+    nodes = [n for n in model.graph.node if not is_probe(n.name)]
     weighted = [n for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")
                 and any(i in weights for i in n.input)]
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -94,9 +97,11 @@ def quantize_fp16(job: QuantJob) -> None:
 
     model = onnx.load(str(job.fp32_path))
     # LayerNorm statistics overflow/underflow in fp16 on some inputs: keep them in float32.
-    block = ["LayerNormalization"] if "layernorm" in job.float_ops else []
+    # ONNX Runtime's CPU Attention kernel is float32 only: it stays float32, its weights fp16.
+    block = ["Attention", *(["LayerNormalization"] if "layernorm" in job.float_ops else [])]
     with quiet():
-        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=block or None)
+        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    half_cast_initializers(half)
     with tempfile.TemporaryDirectory() as work:
         tmp = Path(work) / "fp16.onnx"
         onnx.save(half, str(tmp))
@@ -128,6 +133,11 @@ def quantize_int8(job: QuantJob) -> None:
     with tempfile.TemporaryDirectory() as work:
         pre = _prepared(job.fp32_path, Path(work))
         model = onnx.load(str(pre))
+        # the quantizer has no QDQ rule for fused Attention: a probe MatMul(x, W) gets x's
+        # calibrated scale and W's per-column int8 weights, then becomes QAttention
+        if add_attention_probes(model):
+            pre = Path(work) / "probed.onnx"
+            onnx.save(model, str(pre))
         exclude = _float_nodes(model, job.float_ops)
         out = Path(work) / "int8.onnx"
         with quiet():
@@ -147,6 +157,9 @@ def quantize_int8(job: QuantJob) -> None:
                 extra_options={"CalibMovingAverage": False,
                                "OpTypesToExcludeOutputQuantization": _FLOAT_OUTPUT_TYPES},
             )
+        quantized = onnx.load(str(out))
+        probes_to_qattention(quantized)
+        onnx.save(quantized, str(out))
         _finish(out, job, "int8")
 
 
@@ -160,7 +173,8 @@ def quantize_int8_dynamic(job: QuantJob) -> None:
         with quiet():
             # 7-bit weights only for targets whose unit saturates (x86 without VNNI: demo worst
             # drop 4.74 -> 0.28 p.p. there); activations are u8 in ORT's dynamic kernels
-            quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm"],
+            # Attention -> QAttention (ONNX Runtime's own rule; its weights are always 7-bit)
+            quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm", "Attention"],
                              per_channel=True, reduce_range=TARGETS[job.target].ort_reduce_range,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
         _finish(out, job, "int8-dynamic")
