@@ -24,6 +24,9 @@ class OnnxFormat(ExportFormat):
     deterministic: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime")
     opset: ClassVar[int] = 20
+    # one com.microsoft.Attention node per block instead of eleven ops (docs/quantization.md);
+    # benchmarks turn it off to measure what it buys
+    fused_attention: ClassVar[bool] = True
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:
@@ -35,8 +38,8 @@ class OnnxFormat(ExportFormat):
             )
         model = program.model_proto
         _strip_export_noise(model)
-        # one com.microsoft.Attention node per block instead of eleven ops (docs/quantization.md)
-        fuse_attention(model)
+        if self.fused_attention:
+            fuse_attention(model)
         for key, value in sorted(metadata.items()):
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
