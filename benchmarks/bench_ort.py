@@ -61,7 +61,7 @@ long syscall(long n, ...) {
 class UnfusedOnnx(OnnxFormat):
     """The export as it was before the attention fusion (eleven ops per block)."""
 
-    fused_attention = False
+    graph_passes = False
 
 
 def models(work: Path, module, calib: np.ndarray) -> dict[str, Path]:

@@ -19,7 +19,7 @@ from tests.conftest import tiny_model
 
 
 class _Unfused(OnnxFormat):
-    fused_attention = False
+    graph_passes = False
 
 
 def _ops(path: Path) -> list[str]:
@@ -42,7 +42,7 @@ def test_fused_graph_matches_pytorch_and_the_unfused_graph(tmp_path, overrides):
     ops = _ops(tmp_path / "fused.onnx")
     assert ops.count("Attention") == model.cfg.depth
     assert "Softmax" not in ops and "Split" not in ops and ops.count("Transpose") == 1  # patch flatten
-    assert len(ops) <= len(_ops(tmp_path / "plain.onnx")) - 9 * model.cfg.depth  # 10 (9 without bias) -> 1
+    assert len(ops) <= len(_ops(tmp_path / "plain.onnx")) - 8 * model.cfg.depth  # 10 (9 without bias) -> 1
     x = np.random.default_rng(3).standard_normal((3, 3, 32, 32)).astype(np.float32)
     fmt = get_format("onnx")
     got, plain = fmt.run(tmp_path / "fused.onnx", x), fmt.run(tmp_path / "plain.onnx", x)
@@ -119,3 +119,23 @@ def test_fp16_keeps_attention_in_float32_but_stores_its_weights_in_float16(tmp_p
     assert big_float == []
     x = np.random.default_rng(5).standard_normal((4, 3, 32, 32)).astype(np.float32)
     assert np.abs(get_format("onnx").run(half, x) - get_format("onnx").run(fp32, x)).max() < 0.02
+
+
+def test_the_tail_runs_on_the_head_token_only_and_still_matches(tmp_path):
+    from tests.onnx_graph import tensor_types
+
+    model = tiny_model()
+    v = Variant(1.0, 1.0, 32)
+    _export(model, v, tmp_path / "v.onnx")
+    proto = onnx.load(str(tmp_path / "v.onnx"))
+    types = tensor_types(tmp_path / "v.onnx")
+    gelus = [n.output[0] for n in proto.graph.node if n.op_type == "Gelu"]
+    norms = [n.output[0] for n in proto.graph.node if n.op_type == "LayerNormalization"]
+    hidden, dim = 4 * model.cfg.embed_dim, model.cfg.embed_dim
+    # the last block's MLP and the final LayerNorm see one token; every other block all 17
+    assert [types[g][1] for g in gelus] == [[1, 17, hidden]] * (model.cfg.depth - 1) + [[1, hidden]]
+    assert [types[n][1] for n in norms][-3:] == [[1, 17, dim], [1, dim], [1, dim]]
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x), v).numpy()
+    assert np.abs(get_format("onnx").run(tmp_path / "v.onnx", x) - want).max() <= 1e-5

@@ -312,3 +312,100 @@ def half_cast_initializers(model: onnx.ModelProto) -> int:
         model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
         count += 1
     return count
+
+
+# ops that work on each token alone (over the last axis), so x[:, i] commutes with them
+_PER_TOKEN = {"LayerNormalization", "Add", "Sub", "Mul", "Div", "Gelu", "MatMul", "Relu", "Tanh", "Erf"}
+
+
+def _token_gather(node: onnx.NodeProto, g: _Graph) -> int | None:
+    """The token index when ``node`` is ``Gather(x, i, axis=1)`` with a constant scalar i."""
+    if node.op_type != "Gather" or _attr(node, "axis", 0) != 1:
+        return None
+    idx = g.const(node.input[1])
+    return None if idx is None or idx.shape != () else int(idx)
+
+
+def _narrowable(p: onnx.NodeProto, g: _Graph) -> bool:
+    """Can ``p(x)[:, i]`` be computed as ``p(x[:, i], ...)``? Its other inputs must broadcast
+    over tokens (constants of rank <= 1 or a 2-D MatMul weight) and its axis must be the last."""
+    if p.op_type not in _PER_TOKEN or len(p.output) != 1:
+        return False
+    if p.op_type == "LayerNormalization" and _attr(p, "axis", -1) != -1:
+        return False
+    for k, name in enumerate(p.input):
+        c = g.const(name)
+        if c is None:
+            continue
+        if p.op_type == "MatMul" and k == 1 and c.ndim == 2:
+            continue
+        if c.ndim > 1:
+            return False
+    return not (p.op_type == "MatMul" and g.const(p.input[1]) is None)
+
+
+def narrow_tokens(model: onnx.ModelProto) -> int:
+    """Compute the tail of the network for the tokens the head reads only, in place.
+
+    The head reads ``x[:, 0]`` (and ``x[:, 1]`` when distilled) after the final LayerNorm, and
+    everything between the last attention and that read works per token (LayerNorm, the MLP,
+    the residual adds, the attention's output projection). Moving each ``Gather(x, i, axis=1)``
+    up through such ops, one at a time and only where the gathered token is all that is read
+    of a tensor, leaves the last block's MLP and projection and the final LayerNorm working on
+    one token instead of all of them. Per-token ops give the same numbers on one token.
+
+    Returns:
+        How many ops now work on the gathered token only.
+    """
+    moved = 0
+    while True:
+        g = _Graph(model)
+        done = False
+        for gather in [n for n in model.graph.node if n.op_type == "Gather"]:
+            i = _token_gather(gather, g)
+            src = gather.input[0]
+            p = g.producer.get(src)
+            if i is None or p is None or src in g.outputs or not _narrowable(p, g):
+                continue
+            readers = g.consumers.get(src, [])
+            if any(_token_gather(r, g) != i for r in readers):
+                continue  # someone needs the other tokens too
+            new_inputs = []
+            extra = []
+            for name in p.input:
+                if name == "" or g.const(name) is not None:
+                    new_inputs.append(name)
+                    continue
+                # one Gather per (tensor, token): reuse the one an earlier step made
+                same = [r.output[0] for r in g.consumers.get(name, []) if _token_gather(r, g) == i]
+                same += [e.output[0] for e in extra if e.input[0] == name]
+                if same:
+                    new_inputs.append(same[0])
+                    continue
+                out = f"{name}/token{i}"
+                extra.append(helper.make_node("Gather", [name, gather.input[1]], [out], name=out, axis=1))
+                new_inputs.append(out)
+            narrowed = helper.make_node(p.op_type, new_inputs, [f"{p.output[0]}/token{i}"],
+                                        name=f"{p.name}/token{i}", domain=p.domain)
+            narrowed.attribute.extend(p.attribute)
+            for r in readers:  # every Gather of token i now reads the narrowed op
+                for other in g.consumers.get(r.output[0], []):
+                    for k, name in enumerate(other.input):
+                        if name == r.output[0]:
+                            other.input[k] = narrowed.output[0]
+                for o in model.graph.output:
+                    if o.name == r.output[0]:  # keep the graph output's name
+                        narrowed.output[0] = r.output[0]
+            drop = {id(r) for r in readers} | {id(p)}
+            nodes = [n for n in model.graph.node if id(n) not in drop] + extra + [narrowed]
+            del model.graph.node[:]
+            model.graph.node.extend(nodes)
+            moved += 1
+            done = True
+            break
+        if not done:
+            break
+    if moved:
+        _prune(model)
+        _toposort(model)  # the narrowed ops were appended at the end
+    return moved

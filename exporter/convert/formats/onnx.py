@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from exporter.convert.formats.base import ExportFormat, quiet
-from exporter.convert.onnx_graph import fuse_attention
+from exporter.convert.onnx_graph import fuse_attention, narrow_tokens
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
@@ -24,9 +24,10 @@ class OnnxFormat(ExportFormat):
     deterministic: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime")
     opset: ClassVar[int] = 20
-    # one com.microsoft.Attention node per block instead of eleven ops (docs/quantization.md);
-    # benchmarks turn it off to measure what it buys
-    fused_attention: ClassVar[bool] = True
+    # ONNX Runtime graph passes (exporter/convert/onnx_graph.py, docs/quantization.md): one
+    # com.microsoft.Attention node per block, and the network's tail on the head's token only;
+    # benchmarks turn them off to measure what they buy
+    graph_passes: ClassVar[bool] = True
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:
@@ -38,8 +39,9 @@ class OnnxFormat(ExportFormat):
             )
         model = program.model_proto
         _strip_export_noise(model)
-        if self.fused_attention:
+        if self.graph_passes:
             fuse_attention(model)
+            narrow_tokens(model)
         for key, value in sorted(metadata.items()):
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
