@@ -59,7 +59,7 @@ long syscall(long n, ...) {
 
 
 class UnfusedOnnx(OnnxFormat):
-    """The export as it was before the attention fusion (eleven ops per block)."""
+    """The export as it was before the ONNX Runtime graph passes (eleven ops per attention)."""
 
     graph_passes = False
 
@@ -92,10 +92,15 @@ def latency_rows(paths: dict[str, Path], x: np.ndarray, threads: int) -> list[li
 
 
 def child_timing(paths: list[str], x_path: str) -> None:
-    """Run by the AMX check in a child process: JSON {path: [wall, cpu]} on stdout."""
+    """Run by the AMX check in a child process: JSON {path: [wall, cpu, profile total, int8 GEMM
+    ms]} on stdout (the profile's per-node minima are what a loaded machine blurs least)."""
     x = np.load(x_path)
     ms = time_interleaved({p: onnx_runner(Path(p), x, 1) for p in paths})
-    print(json.dumps({k: list(v) for k, v in ms.items()}))
+    out = {}
+    for p in paths:
+        prof = ort_op_profile(Path(p), x)[0]
+        out[p] = [*ms[p], sum(prof.values()), sum(v for op, v in prof.items() if op in INT8_GEMMS | {"QAttention"})]
+    print(json.dumps(out))
 
 
 def amx_rows(paths: dict[str, Path], x: np.ndarray, work: Path) -> list[list] | str:
@@ -117,8 +122,9 @@ def amx_rows(paths: dict[str, Path], x: np.ndarray, work: Path) -> list[list] | 
     for label, ms in got.items():
         base = ms[str(paths["fp32 fused"])]
         for k in keys:
-            wall, cpu = ms[str(paths[k])]
-            rows.append([label, k, f"{wall:.2f}", f"{cpu:.2f}", f"{base[0] / wall:.2f}x", f"{base[1] / cpu:.2f}x"])
+            wall, cpu, prof, gemm = ms[str(paths[k])]
+            rows.append([label, k, f"{wall:.2f}", f"{cpu:.2f}", f"{base[0] / wall:.2f}x", f"{base[1] / cpu:.2f}x",
+                         f"{prof:.2f}", f"{base[2] / prof:.2f}x", f"{gemm:.2f}" if k != "fp32 fused" else "-"])
     return rows
 
 
@@ -221,14 +227,16 @@ def main() -> None:
         f"({'; '.join(loads)} at the start, after each thread count, after the AMX check and at the end); "
         "ratios come from interleaved rounds in one process. CPU ms is the process's CPU time.\n",
         "### Fused attention, DeiT-Ti shape (192 dim, 12 blocks, 3 heads, 224 px), batch 1\n",
-        "`fused` is the default export now: one `com.microsoft.Attention` per block (int8: `QAttention`); "
-        "`unfused` is the export before. `vs its fp32` compares within the same graph shape; the last "
-        "two columns compare with the fused and the unfused FP32.\n",
+        "`fused` is the default export now (`exporter/convert/onnx_graph.py`): one `com.microsoft.Attention` "
+        "per block (int8: `QAttention`) and the network's tail (last projection and MLP, final LayerNorm) on "
+        "the head's token only; `unfused` is the export before. `vs its fp32` compares within the same graph "
+        "shape; the last two columns compare with the fused and the unfused FP32.\n",
         md_table(["model", "threads", "median ms", "CPU ms", "vs its fp32", "CPU vs its fp32",
                   "vs fp32 fused", "vs fp32 unfused"], rows),
         "\n### Does MLAS use AMX for int8 here? (1 thread, two child processes)\n",
         amx if isinstance(amx, str) else md_table(["process", "model", "median ms", "CPU ms", "vs fp32",
-                                                    "CPU vs fp32"], amx),
+                                                    "CPU vs fp32", "profile ms", "profile vs fp32",
+                                                    "profile ms of QGemm + QAttention (+ dynamic int8 ops)"], amx),
         "\n### Where the time goes and the cap it sets (ONNX Runtime profiler, 1 thread, ms per op "
         "type, sum of each node's fastest run)\n",
         md_table(["op", "fp32 unfused", "int8 unfused", "fp32 fused", "int8 fused"], prof_rows),

@@ -309,7 +309,8 @@ def half_cast_initializers(model: onnx.ModelProto) -> int:
         readers = g.consumers.get(t.name, [])
         if t.data_type != onnx.TensorProto.FLOAT or not readers or any(n.op_type != "Cast" for n in readers):
             continue
-        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+        half = numpy_helper.to_array(t).astype(np.float16)
+        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(half, t.name))
         count += 1
     return count
 
