@@ -139,3 +139,29 @@ def test_the_tail_runs_on_the_head_token_only_and_still_matches(tmp_path):
     with torch.no_grad():
         want = model(torch.from_numpy(x), v).numpy()
     assert np.abs(get_format("onnx").run(tmp_path / "v.onnx", x) - want).max() <= 1e-5
+
+
+def test_narrowing_stops_where_token_axis_or_other_readers_differ():
+    from onnx import TensorProto, helper
+
+    from exporter.convert.onnx_graph import narrow_tokens
+
+    def graph(y_shape, extra_reader=False):
+        nodes = [helper.make_node("Add", ["x", "y"], ["s"]),
+                 helper.make_node("Gelu", ["s"], ["h"]),
+                 helper.make_node("Gather", ["h", "zero"], ["out"], axis=1)]
+        outs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+        if extra_reader:  # a second reader needs every token of h
+            nodes.append(helper.make_node("Relu", ["h"], ["m"]))
+            outs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, None))
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 4]),
+                                           helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              outs, [numpy_helper.from_array(np.array(0, np.int64), "zero")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])  # Gelu: opset 20
+
+    ok = graph([1, 5, 4])
+    assert narrow_tokens(ok) == 2  # Gelu, then Add: both now read token 0 of x and y
+    assert [n.op_type for n in ok.graph.node] == ["Gather", "Gather", "Add", "Gelu"]
+    assert [o.name for o in ok.graph.output] == ["out"]
+    assert narrow_tokens(graph([5, 4])) == 1  # y's axis 1 is not the token axis: stop at the Add
+    assert narrow_tokens(graph([1, 5, 4], extra_reader=True)) == 0

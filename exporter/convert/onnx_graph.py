@@ -327,16 +327,27 @@ def _token_gather(node: onnx.NodeProto, g: _Graph) -> int | None:
     return None if idx is None or idx.shape != () else int(idx)
 
 
-def _narrowable(p: onnx.NodeProto, g: _Graph) -> bool:
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """The rank of every value ONNX shape inference can type (standard ops only)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.input, *g.output, *g.value_info]
+            if v.type.tensor_type.HasField("shape")}
+
+
+def _narrowable(p: onnx.NodeProto, g: _Graph, ranks: dict[str, int]) -> bool:
     """Can ``p(x)[:, i]`` be computed as ``p(x[:, i], ...)``? Its other inputs must broadcast
-    over tokens (constants of rank <= 1 or a 2-D MatMul weight) and its axis must be the last."""
-    if p.op_type not in _PER_TOKEN or len(p.output) != 1:
+    over tokens (constants of rank <= 1 or a 2-D MatMul weight), every non-constant input must
+    have the output's rank (so axis 1 is the token axis in each), and its axis must be the last."""
+    if p.op_type not in _PER_TOKEN or len(p.output) != 1 or ranks.get(p.output[0], 0) < 3:
         return False
     if p.op_type == "LayerNormalization" and _attr(p, "axis", -1) != -1:
         return False
     for k, name in enumerate(p.input):
         c = g.const(name)
         if c is None:
+            if name and ranks.get(name) != ranks[p.output[0]]:
+                return False
             continue
         if p.op_type == "MatMul" and k == 1 and c.ndim == 2:
             continue
@@ -355,10 +366,13 @@ def narrow_tokens(model: onnx.ModelProto) -> int:
     of a tensor, leaves the last block's MLP and projection and the final LayerNorm working on
     one token instead of all of them. Per-token ops give the same numbers on one token.
 
+    Run it before ``fuse_attention``: ONNX shape inference cannot type the contrib Attention op.
+
     Returns:
         How many ops now work on the gathered token only.
     """
     moved = 0
+    ranks = _ranks(model)  # the narrowed ops are never gathered again: the original ranks suffice
     while True:
         g = _Graph(model)
         done = False
@@ -366,7 +380,7 @@ def narrow_tokens(model: onnx.ModelProto) -> int:
             i = _token_gather(gather, g)
             src = gather.input[0]
             p = g.producer.get(src)
-            if i is None or p is None or src in g.outputs or not _narrowable(p, g):
+            if i is None or p is None or src in g.outputs or not _narrowable(p, g, ranks):
                 continue
             readers = g.consumers.get(src, [])
             if any(_token_gather(r, g) != i for r in readers):

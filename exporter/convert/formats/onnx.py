@@ -40,8 +40,8 @@ class OnnxFormat(ExportFormat):
         model = program.model_proto
         _strip_export_noise(model)
         if self.graph_passes:
+            narrow_tokens(model)  # first: shape inference does not know the contrib Attention
             fuse_attention(model)
-            narrow_tokens(model)
         for key, value in sorted(metadata.items()):
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value

@@ -12,6 +12,8 @@ Softmax (QLinearSoftmax ~4x the float op), and QDQ pairs around LayerNorm and da
 inputs of the weighted layers only and lets each Gemm write float (no requantize + dequantize
 pair per layer); the target CPU (`exporter.convert.quantize.targets`) picks S8S8 or U8S8 and whether
 weights are 7-bit.
+The fused attention of the FP32 export (`exporter.convert.onnx_graph`) becomes QAttention: an int8
+qkv projection with the attention itself in float, the same split as above.
 """
 
 from __future__ import annotations
