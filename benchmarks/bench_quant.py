@@ -59,8 +59,10 @@ def make(fmt_name: str, module, calib, work: Path, specs: list[tuple[str, str, s
     print(f"{fmt_name} fp32 export {time.perf_counter() - t:.0f}s", file=sys.stderr)
     for label, name, target in specs:
         out = work / f"deit_ti.{label.replace(' ', '_').replace('/', '_')}{fmt.suffix}"
-        if name == "previous":
-            previous_onnx_int8(paths["fp32"], calib, out)
+        if name == "previous":  # the recipe before issue 21, on the graph before the ORT graph passes
+            plain = work / "deit_ti.fp32_plain.onnx"
+            type("PlainOnnx", (type(fmt),), {"graph_passes": False})().export(module, calib[:1], plain, {})
+            previous_onnx_int8(plain, calib, out)
         else:
             job = QuantJob(paths["fp32"], module, calib[:1], calib, "minmax", (), {}, out,
                            fmt.layout, fmt, target)
