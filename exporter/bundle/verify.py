@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,7 +76,7 @@ class VerifyReport:
 
 def verify_bundle(bundle: str | Path, public_key: str | Path | None = None, *,
                   min_bundle_version: int | None = None, now: datetime | None = None,
-                  limits: Limits = Limits()) -> VerifyReport:
+                  limits: Limits = Limits(), absent: Collection[str] = ()) -> VerifyReport:
     """Check a bundle the way an app must before loading it; never raises for a bad bundle.
 
     Args:
@@ -84,6 +85,8 @@ def verify_bundle(bundle: str | Path, public_key: str | Path | None = None, *,
         min_bundle_version: the newest ``bundle_version`` seen before; an older one is a rollback.
         now: the time expiry is checked against (default: the current UTC time).
         limits: size caps.
+        absent: artifact paths the caller knows are left out (a pack made with filters): their
+            absence is no problem (the caller says so); anything else about them still is.
 
     Returns:
         A report whose ``problems`` lists every failed check (empty when the bundle is good).
@@ -111,7 +114,7 @@ def verify_bundle(bundle: str | Path, public_key: str | Path | None = None, *,
         return report
     report.problems += _version_problems(manifest, min_bundle_version, now, report)
     report.problems += [f"schema: {p}" for p in schema_problems(manifest)]
-    listed = _check_artifacts(root, manifest, limits, report)
+    listed = _check_artifacts(root, manifest, limits, report, frozenset(absent))
     named = {a["path"] for _, a in _artifacts(manifest) if isinstance(a.get("path"), str)}
     _walk_bundle(root, listed, named, report)
     return report
@@ -205,7 +208,7 @@ def _artifacts(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _check_artifacts(root: Path, manifest: dict[str, Any], limits: Limits,
-                     report: VerifyReport) -> set[str]:
+                     report: VerifyReport, absent: frozenset[str] = frozenset()) -> set[str]:
     listed: set[str] = set()
     total = 0
     ids = [v.get("id") for v in manifest.get("variants", []) if isinstance(v, dict)] \
@@ -215,6 +218,8 @@ def _check_artifacts(root: Path, manifest: dict[str, Any], limits: Limits,
     for label, art in _artifacts(manifest):
         rel = art.get("path")
         problems = path_problems(root, rel)
+        if problems == [MISSING] and rel in absent:
+            continue  # left out on purpose (a filtered pack); a safe path, just not here
         if not problems and rel in listed:
             problems = ["listed twice"]
         if problems:
@@ -226,6 +231,9 @@ def _check_artifacts(root: Path, manifest: dict[str, Any], limits: Limits,
     if total > limits.bundle_bytes:
         report.problems.append(f"artifacts hold {total} bytes, over the {limits.bundle_bytes} bundle cap")
     return listed
+
+
+MISSING = "missing from the bundle"  # the one problem `absent` excuses
 
 
 def path_problems(root: Path, rel: Any) -> list[str]:
@@ -247,7 +255,7 @@ def path_problems(root: Path, rel: Any) -> list[str]:
         try:
             st = os.lstat(here)
         except FileNotFoundError:
-            return ["missing from the bundle"]
+            return [MISSING]
         except OSError as e:
             return [f"cannot be read ({e.strerror})"]
         if stat.S_ISLNK(st.st_mode):

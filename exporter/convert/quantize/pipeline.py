@@ -102,7 +102,7 @@ class EvalData:
 
 def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Module, fp32_path: Path,
                       out: Path, opts: QuantizeOptions, calibration: np.ndarray | None,
-                      data: EvalData, metadata: dict[str, str],
+                      data: EvalData, metadata: dict[str, str], reference: torch.nn.Module | None = None,
                       ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Make, measure and place every non-FP32 precision of one variant in one format.
 
@@ -112,6 +112,7 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
         out: the bundle directory; artifacts go to ``FORMAT/ID.PRECISION.SUFFIX``.
         calibration: this variant's own calibration inputs at its resolution.
         data: evaluation inputs and the FP32 PyTorch reference logits.
+        reference: the slimmable model at this variant (`SubnetForward`), for shared-scale int8.
 
     Returns:
         Manifest entries of the artifacts that met the budget, and for those that did not,
@@ -126,7 +127,8 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
         reasons: list[str] = []
         for float_ops in ((), SENSITIVE_OPS):
             entry, why = _attempt(fmt, p, variant_id, module, fp32_path, out, opts, example,
-                                  calibration if p.calibrated else None, data, metadata, float_ops)
+                                  calibration if p.calibrated else None, data, metadata, float_ops,
+                                  reference)
             if entry is not None:
                 arts.append(entry)
                 break
@@ -144,13 +146,15 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
 def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.Module,
              fp32_path: Path, out: Path, opts: QuantizeOptions, example: np.ndarray,
              calibration: np.ndarray | None, data: EvalData, metadata: dict[str, str],
-             float_ops: tuple[str, ...]) -> tuple[dict[str, Any] | None, str]:
+             float_ops: tuple[str, ...], reference: torch.nn.Module | None = None,
+             ) -> tuple[dict[str, Any] | None, str]:
     rel = Path(fmt.name) / f"{variant_id}.{p.name}{fmt.suffix}"
     target = out / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quant-") as work:
         job = QuantJob(fp32_path, module, example, calibration, opts.method, float_ops,
-                       dict(metadata), Path(work) / target.name, fmt.layout, fmt, opts.int8_target)
+                       dict(metadata), Path(work) / target.name, fmt.layout, fmt, opts.int8_target,
+                       reference)
         try:
             p.quantize(job)
         except Exception as e:  # a quantizer that fails leaves this precision out, with why
@@ -228,11 +232,12 @@ class VariantQuant:
     opts: QuantizeOptions
     calibration: np.ndarray | None
     data: EvalData
+    reference: torch.nn.Module | None = None  # SubnetForward: what shared-scale int8 slices
 
     def export(self, fmt: ExportFormat, variant_id: str, module: torch.nn.Module, fp32_path: Path,
                out: Path, metadata: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         return export_precisions(fmt, variant_id, module, fp32_path, out, self.opts,
-                                 self.calibration, self.data, metadata)
+                                 self.calibration, self.data, metadata, self.reference)
 
 
 def for_variant(opts: QuantizeOptions, pre: Preprocess, resolution: int,
@@ -250,7 +255,7 @@ def for_variant(opts: QuantizeOptions, pre: Preprocess, resolution: int,
         rng = np.random.default_rng(0)
         x = rng.standard_normal((32, len(pre.mean), resolution, resolution)).astype(np.float32)
         data = EvalData.build(reference, x, None, "random normal inputs")
-    return VariantQuant(opts, calib, data)
+    return VariantQuant(opts, calib, data, reference)
 
 
 def quantize_options(precisions: str | tuple[str, ...] | list[str] | None, calibration: str | None,
