@@ -55,9 +55,7 @@ def share_weights(quantized: onnx.ModelProto, float_model: onnx.ModelProto, mode
             raise ShareError(f"{base}: int8 weight without its float source, scale or zero point")
         if numpy_helper.to_array(zero_t).any():
             raise ShareError(f"{base}: asymmetric int8 weight (non-zero zero point)")
-        exported = numpy_helper.to_array(floats[base])
-        if exported.ndim == 2 and tuple(t.dims) == exported.shape[::-1]:
-            exported = exported.T  # ORT turned a Gemm(transB) into MatMulInteger: it holds W.T
+        exported = _as_quantized(numpy_helper.to_array(floats[base]), numpy_helper.to_array(t))
         hit = weights.locate(exported)
         if hit is None:
             raise ShareError(f"{base}: not one of the variant's weights (cannot find its slice)")
@@ -75,6 +73,17 @@ def share_weights(quantized: onnx.ModelProto, float_model: onnx.ModelProto, mode
                 _requantize_bias(layer, inits, floats, producer, old_scale, scale)
         swapped += 1
     return swapped
+
+
+def _as_quantized(exported: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The float weight in the layout ORT stored its int8 copy in: ORT turns a Gemm with transB
+    into MatMulInteger holding ``W.T``. A square weight is told apart by the signs (int8 values
+    keep the float's sign: ~100% agreement in the right layout, ~50% in the other)."""
+    if exported.ndim != 2 or exported.shape[0] != exported.shape[1]:
+        return exported.T if exported.ndim == 2 and q.shape == exported.shape[::-1] else exported
+    def agree(a: np.ndarray) -> float:
+        return float(np.mean(np.sign(a) == np.sign(q)))
+    return exported.T if agree(exported.T) > agree(exported) else exported
 
 
 def _axis(dq: onnx.NodeProto, ndim: int) -> int:
