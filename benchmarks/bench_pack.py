@@ -199,6 +199,7 @@ def main() -> None:
     ap.add_argument("--deits", type=Path, action="append", default=None,
                     help="DeiT-S bundle directories (repeat: e.g. one exported per format)")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--demo-only", action="store_true", help="only the size tables of the --demo bundle")
     ap.add_argument("--rebuild-only", type=Path, action="append", default=None,
                     help="only the rebuild/load table, on the widest fp32 ONNX/TFLite artifacts of these "
                          "(possibly partial: e.g. `slimvit unpack --variants`) DeiT-S bundles")
@@ -212,7 +213,7 @@ def main() -> None:
         print(f"load average {load_before} before, {load()} after; {host()}; {cpu_flags()}")
         print(md_table(REBUILD_HEADER, rows))
         return
-    deits = args.deits or [Path(tempfile.gettempdir()) / "slimvit-bench-deits"]
+    deits = [] if args.demo_only else args.deits or [Path(tempfile.gettempdir()) / "slimvit-bench-deits"]
     if len(deits) == 1 and not (deits[0] / "manifest.json").is_file():
         print(f"exporting the DeiT-S bundle into {deits[0]} (slow)", flush=True)
         export_deits(deits[0])
