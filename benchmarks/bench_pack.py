@@ -107,7 +107,9 @@ def size_rows(name: str, bundle: Path, zstd_level: int) -> tuple[list[list[objec
 def _group(path: str, bundle: Path) -> tuple[str, str]:
     from exporter.bundle.pack import read_manifest_entries
 
-    for a in _entries_cache.setdefault(bundle, read_manifest_entries(bundle)):
+    if bundle not in _entries_cache:  # once: setdefault would parse the manifest on every call
+        _entries_cache[bundle] = read_manifest_entries(bundle)
+    for a in _entries_cache[bundle]:
         if path == a["path"] or path.startswith(a["path"] + "/"):
             return a["format"], a["precision"]
     return ("meta", "")
