@@ -100,6 +100,10 @@ def cases() -> list[dict[str, Any]]:
                    + base[84:100] + base[600:608], base=base, codec=CODEC_DEFLATE)),
         ("copy from the ops blob itself", _one_file(_insert(hello) + _copy(5, 1, 1), hello + hello[:5])),
         ("real encoder, slices and a directory artifact", _real(0)),
+        ("one copy of a DEFLATE blob: rebuilt, not in place",
+         write_pack([(CODEC_DEFLATE, _deflate(base), len(base)), (CODEC_RAW, _copy(len(base), 0, 0), 4)],
+                    [_file("a.bin", base, 1, 0, 4)])),
+        ("one copy from inside a raw blob: in place at its offset", _one_file(_copy(128, 0, 64), base[64:192], base=base)),
     ]
     bad_sha = "00" * 32
     ops = _insert(hello)
