@@ -59,7 +59,7 @@ def share_weights(quantized: onnx.ModelProto, float_model: onnx.ModelProto, mode
         hit = weights.locate(exported)
         if hit is None:
             raise ShareError(f"{base}: not one of the variant's weights (cannot find its slice)")
-        q, scale, axis = shared_int8(shared, *hit, exported)
+        q, scale, axis = shared_int8(shared, hit, exported)
         dq = next((n for n in readers.get(name, []) if n.op_type == "DequantizeLinear"), None)
         want_axis = _axis(dq, q.ndim) if dq is not None else q.ndim - 1  # MatMulInteger: per column
         if axis != want_axis or numpy_helper.to_array(scale_t).shape != scale.shape:

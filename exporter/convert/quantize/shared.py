@@ -49,29 +49,35 @@ class WeightSlice:
     index: np.ndarray
 
 
-@dataclass(frozen=True)
 class SharedWeights:
-    """The slimmable weights (2-D and up) quantized once per output channel (dim 0)."""
+    """The slimmable weights quantized once per output channel (dim 0), each (parameter, fold)
+    on first use. A fold is a per-input-channel factor a converter multiplied into the weight
+    (LiteRT folds a LayerNorm's gamma into the next FULLY_CONNECTED): the full weight is folded
+    with the full factor before it is quantized, so every width's folded slice is still a slice."""
 
-    q: dict[str, np.ndarray]
-    scale: dict[str, np.ndarray]
-    values: dict[str, np.ndarray]
-    qmax: int
+    def __init__(self, model: SlimmableViT, qmax: int) -> None:
+        self.params = {n: p.detach().float().numpy() for n, p in model.named_parameters()}
+        self.qmax = qmax
+        self._done: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def build(cls, model: SlimmableViT, qmax: int) -> SharedWeights:
-        q, scale, values = {}, {}, {}
-        for name, p in model.named_parameters():
-            if p.ndim < 2 or not name.endswith("weight"):
-                continue
-            w = p.detach().float().numpy()
+        return cls(model, qmax)
+
+    def get(self, param: str, fold: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(float values, int8 values, scale per output channel) of one (folded) parameter."""
+        key = (param, fold)
+        if key not in self._done:
+            w = self.params[param]
+            if fold is not None:
+                w = w * self.params[fold].reshape((1, -1) + (1,) * (w.ndim - 2))
             rows = w.reshape(len(w), -1)
             absmax = np.abs(rows).max(axis=1).astype(np.float64)
-            s = absmax / qmax
-            s[s < np.finfo(np.float32).tiny] = 1.0  # an all-zero channel: ORT's scale 1
-            q[name] = np.clip(np.rint(rows / s[:, None]), -qmax, qmax).astype(np.int8).reshape(w.shape)
-            scale[name], values[name] = s, w
-        return cls(q, scale, values, qmax)
+            scale = absmax / self.qmax
+            scale[scale < np.finfo(np.float32).tiny] = 1.0  # an all-zero channel: ORT's scale 1
+            q = np.clip(np.rint(rows / scale[:, None]), -self.qmax, self.qmax).astype(np.int8).reshape(w.shape)
+            self._done[key] = (w, q, scale)
+        return self._done[key]
 
 
 def weight_slices(model: SlimmableViT, s: Subnet) -> dict[str, WeightSlice]:
@@ -94,41 +100,84 @@ def weight_slices(model: SlimmableViT, s: Subnet) -> dict[str, WeightSlice]:
     return out
 
 
+@dataclass(frozen=True)
+class Located:
+    """An exported weight found: the parameter it slices, each element's flat index in it (in
+    the exported layout), and the 1-D parameter folded into its input channels, if any."""
+
+    param: str
+    index: np.ndarray
+    fold: str | None = None
+
+
+# Layouts an exporter may store a static weight in: as is, a 2-D transpose (ONNX MatMul holds
+# W.T), a conv kernel channels-last (TFLite CONV_2D: O, H, W, I).
+_LAYOUTS = {2: ((0, 1), (1, 0)), 4: ((0, 1, 2, 3), (0, 2, 3, 1))}
+
+
 class VariantWeights:
     """One subnet's float weights, findable by their exported bytes, and their slices."""
 
     def __init__(self, model: SlimmableViT, s: Subnet) -> None:
         self.slices = weight_slices(model, s)
-        self.by_bytes: dict[str, tuple[str, bool]] = {}
+        self.by_bytes: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.folds = {n: p.detach().float().numpy() for n, p in model.named_parameters()
+                      if p.ndim == 1 and n.endswith("weight")}
+        self.param_shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         for name, t in variant_state_dict(model, s).items():
             if name not in self.slices:
                 continue
             a = t.float().numpy()
-            self.by_bytes[_key(a)] = (name, False)
-            if a.ndim == 2:
-                self.by_bytes[_key(np.ascontiguousarray(a.T))] = (name, True)
+            self.arrays[name] = a
+            for perm in _LAYOUTS.get(a.ndim, (tuple(range(a.ndim)),)):
+                self.by_bytes[_key(np.ascontiguousarray(a.transpose(perm)))] = (name, perm)
 
-    def locate(self, exported: np.ndarray) -> tuple[str, np.ndarray] | None:
-        """The slimmable parameter an exported float weight slices, and the flat index of each of
-        its elements (in the exported layout); None for a tensor that is no weight of the subnet."""
-        hit = self.by_bytes.get(_key(np.ascontiguousarray(exported, dtype=np.float32)))
-        if hit is None:
-            return None
-        sl = self.slices[hit[0]]
-        return sl.param, (sl.index.T if hit[1] else sl.index)
+    def locate(self, exported: np.ndarray) -> Located | None:
+        """The slimmable parameter an exported float weight slices (None for a tensor that is no
+        weight of the subnet). Found by its bytes in any known layout, else as a static weight
+        times a per-input-channel factor that is a slice of a 1-D parameter (a folded LayerNorm)."""
+        x = np.ascontiguousarray(exported, dtype=np.float32)
+        hit = self.by_bytes.get(_key(x))
+        if hit is not None:
+            sl = self.slices[hit[0]]
+            return Located(sl.param, sl.index.transpose(hit[1]))
+        return self._folded(x)
+
+    def _folded(self, x: np.ndarray) -> Located | None:
+        for name, a in self.arrays.items():
+            for perm in _LAYOUTS.get(a.ndim, ()):
+                t = a.transpose(perm)
+                if t.shape != x.shape or t.ndim != 2:
+                    continue
+                in_axis = perm.index(1)  # where the static weight's input channels went
+                ok = np.abs(t) > 1e-12 * max(1e-30, float(np.abs(t).max()))
+                ratio = np.where(ok, x / np.where(ok, t, 1), np.nan)
+                g = np.nanmedian(ratio, axis=1 - in_axis)
+                if np.isnan(g).any() or not np.allclose(x, t * np.expand_dims(g, 1 - in_axis), rtol=1e-5,
+                                                        atol=1e-6 * float(np.abs(x).max())):
+                    continue
+                sl = self.slices[name]
+                index = sl.index.transpose(perm)
+                p_cols = self.param_shapes[sl.param][1]
+                cols = np.moveaxis(index, in_axis, 0).reshape(index.shape[in_axis], -1)[:, 0] % p_cols
+                for fold, full in self.folds.items():
+                    if len(full) == p_cols and np.allclose(full[cols], g, rtol=1e-5, atol=1e-7):
+                        return Located(sl.param, index, fold)
+        return None
 
 
 def _key(a: np.ndarray) -> str:
     return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
 
 
-def shared_int8(shared: SharedWeights, param: str, index: np.ndarray,
+def shared_int8(shared: SharedWeights, where: Located,
                 exported: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """The slice of the shared int8 weights for one exported float weight.
 
     Args:
         shared: the quantized slimmable weights.
-        param: the parameter the weight slices; ``index`` the flat index of each element.
+        where: the parameter the weight slices (`VariantWeights.locate`), with its fold.
         exported: the float weight as the artifact holds it (folds included).
 
     Returns:
@@ -137,8 +186,10 @@ def shared_int8(shared: SharedWeights, param: str, index: np.ndarray,
     Raises:
         ShareError: the weight is not a per-output-channel multiple of its slice.
     """
-    p_vals, q_all = shared.values[param].reshape(-1), shared.q[param].reshape(-1)
-    row_size = p_vals.size // len(shared.scale[param])
+    param, index = where.param, where.index
+    values, q_full, scale_full = shared.get(param, where.fold)
+    p_vals, q_all = values.reshape(-1), q_full.reshape(-1)
+    row_size = p_vals.size // len(scale_full)
     rows = index // row_size
     axis = next((a for a in range(rows.ndim)
                  if (np.moveaxis(rows, a, 0).reshape(rows.shape[a], -1)
@@ -156,5 +207,5 @@ def shared_int8(shared: SharedWeights, param: str, index: np.ndarray,
     if (factor <= 0).any():
         raise ShareError(f"a weight of {param} folds a non-positive factor into a channel")
     channel_rows = np.moveaxis(rows, axis, 0).reshape(rows.shape[axis], -1)[:, 0]
-    scale = (shared.scale[param][channel_rows] * factor).astype(np.float32)
+    scale = (scale_full[channel_rows] * factor).astype(np.float32)
     return q_all[index], scale, axis
