@@ -61,7 +61,8 @@ def _expected_slice(model, s, wide: np.ndarray) -> np.ndarray:
 
 def test_the_precision_is_offered_by_the_registry():
     assert {"int8-dynamic-shared", "int8-shared"} <= set(precision_names("onnx"))
-    assert "int8-dynamic-shared" not in precision_names("tflite")
+    assert "int8-dynamic-shared" in precision_names("tflite")
+    assert "int8-shared" not in precision_names("tflite")  # static TFLite int8: not offered
 
 
 def test_every_width_holds_a_slice_of_the_one_int8_copy(exported):
@@ -104,3 +105,33 @@ def test_the_shared_group_packs_smaller_than_per_variant_int8(exported):
     shared, own = stats.groups[("onnx", "int8-dynamic-shared")], stats.groups[("onnx", "int8-dynamic")]
     assert shared.packed / shared.largest < own.packed / own.largest
     assert shared.packed / shared.largest < 1.15, shared
+
+
+def _tflite_int8(path: Path) -> list[np.ndarray]:
+    from exporter.convert.quantize.tflite_share import _array, _model
+
+    m = _model(path.read_bytes())
+    return [_array(m, t, np.int8) for t in m.subgraphs[0].tensors
+            if t.type == 9 and t.quantization is not None and t.quantization.scale is not None
+            and len(t.quantization.scale) > 1]
+
+
+def test_tflite_int8_dynamic_shared_slices_the_folded_weights(tmp_path):
+    """LiteRT folds each LayerNorm's gamma into qkv / fc1; the shared weights are quantized after
+    the same fold, so the narrow width's int8 FULLY_CONNECTED weights ([out, in]) are still slices."""
+    model = tiny_model(depth=2)
+    loaded = LoadedModel(model, "tiny", "slimvit", [str(i) for i in range(10)])
+    out = tmp_path / "bundle"
+    with torch.no_grad():
+        export_bundle(loaded, VariantGrid(widths=(0.5, 1.0), keep_rates=(1.0,), resolutions=(32,)), out,
+                      formats=("tflite",), quantize=QuantizeOptions(
+                          precisions=("fp32", "int8-dynamic-shared"), max_drop=1.0))
+    arts = {(a["variant"], a["precision"]): a for a in read_manifest_entries(out)}
+    ids = sorted({v for v, _ in arts}, key=lambda i: int(i.split("_")[0][1:]))
+    narrow = _tflite_int8(out / arts[(ids[0], "int8-dynamic-shared")]["path"])
+    wide = _tflite_int8(out / arts[(ids[-1], "int8-dynamic-shared")]["path"])
+    s = model.subnet(_variant_of(next(v for v in read_manifest(out)["variants"] if v["id"] == ids[0])))
+    fc = [(n, w) for n, w in zip(narrow, wide, strict=True) if n.ndim == 2]
+    assert len(fc) >= 4 * 2 + 1  # qkv, proj, fc1, fc2 per block, and the head
+    for n, w in fc:  # TFLite holds [out, in]: the ONNX rule on the transpose
+        np.testing.assert_array_equal(n.T, _expected_slice(model, s, np.ascontiguousarray(w.T)))
