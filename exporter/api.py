@@ -14,7 +14,7 @@ from exporter.bundle.plain_warnings import accuracy_collapse_warning, plain_chec
 from exporter.bundle.signing import sign_bundle  # noqa: F401  (slimvit sign)
 from exporter.bundle.verify import check_bundle, verify_bundle  # noqa: F401  (slimvit verify)
 from exporter.checkpoints import LoadedModel, load_model
-from exporter.convert.formats import FORMATS
+from exporter.convert.formats import FORMATS, configure_formats
 from exporter.convert.quantize import quantize_options
 from exporter.convert.quantize.registry import precision_names
 from exporter.errors import ConfigError
@@ -93,9 +93,9 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
     quant = quantize_options(precisions, calibration, loaded.preprocess, calibration_samples,
                              method=calibration_method, max_drop=max_drop, warn=warn,
                              int8_target=int8_target)
-    manifest = export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
-                             quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
-                             format_options={"coreml": {"deployment_target": coreml_target}},
+    fmts = configure_formats(formats, nhwc=nhwc, deployment_target=coreml_target)
+    manifest = export_bundle(loaded, grid, out, fmts, eval_set=eval_set, progress=progress,
+                             quantize=quant, policy=policy, keep_going=keep_going,
                              resume=resume, cache_dir=cache_dir)
     collapse = accuracy_collapse_warning(manifest)
     if collapse and not plain:  # one warning about narrow widths, not two

@@ -183,8 +183,8 @@ def test_over_budget_retries_with_sensitive_ops_in_float_then_leaves_out(onnx_bu
                                    tmp_path, opts, vq.calibration, vq.data, {"slimvit.variant_id": s.id})
     assert len(arts) + len(left) == 2
     for a in arts:
-        assert a["accuracy"]["drop"] <= 0 and a["quantization"]["float_ops"] in ([], list(SENSITIVE_OPS))
-        assert (tmp_path / a["path"]).is_file()
+        assert a.accuracy["drop"] <= 0 and a.quantization["float_ops"] in ([], list(SENSITIVE_OPS))
+        assert (tmp_path / a.path).is_file()
     for e in left:
         assert e["variant"] == s.id and e["format"] == "onnx"
         first, second = e["reason"].split("; with softmax/layernorm/gelu/first/last in float: ")

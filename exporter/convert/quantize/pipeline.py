@@ -22,6 +22,7 @@ import torch
 
 from calibration.data import Preprocess
 from calibration.sources import CalibrationSet, load_calibration
+from exporter.convert.artifact import Artifact
 from exporter.convert.formats.base import ExportFormat
 from exporter.convert.quantize.registry import (
     FP32,
@@ -33,7 +34,6 @@ from exporter.convert.quantize.registry import (
     get_precision,
 )
 from exporter.errors import ConfigError
-from exporter.fileio import sha256_file, sha256_tree
 from exporter.convert.quantize.targets import DEFAULT_TARGET, check_target
 
 DEFAULT_MAX_DROP = 0.01
@@ -103,7 +103,7 @@ class EvalData:
 def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Module, fp32_path: Path,
                       out: Path, opts: QuantizeOptions, calibration: np.ndarray | None,
                       data: EvalData, metadata: dict[str, str],
-                      ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+                      ) -> tuple[list[Artifact], list[dict[str, str]]]:
     """Make, measure and place every non-FP32 precision of one variant in one format.
 
     Args:
@@ -114,7 +114,7 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
         data: evaluation inputs and the FP32 PyTorch reference logits.
 
     Returns:
-        Manifest entries of the artifacts that met the budget, and for those that did not,
+        The artifacts that met the budget, and for those that did not,
         ``{variant, format, precision, reason}``.
     """
     arts, excluded = [], []
@@ -144,7 +144,7 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
 def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.Module,
              fp32_path: Path, out: Path, opts: QuantizeOptions, example: np.ndarray,
              calibration: np.ndarray | None, data: EvalData, metadata: dict[str, str],
-             float_ops: tuple[str, ...]) -> tuple[dict[str, Any] | None, str]:
+             float_ops: tuple[str, ...]) -> tuple[Artifact | None, str]:
     rel = Path(fmt.name) / f"{variant_id}.{p.name}{fmt.suffix}"
     target = out / rel
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,12 +169,10 @@ def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.
             return None, why
         _place(job.out, target)
     quant = {"scheme": p.scheme, "calibrated": p.calibrated, "float_ops": list(float_ops)}
-    delegation = fmt.delegation(target)
     if p.uses_target:
         quant["target"] = opts.int8_target
-    return {"format": fmt.name, "precision": p.name, "path": rel.as_posix(),
-            "sha256": _digest(target), "bytes": _size(target), **entry, "quantization": quant,
-            **({"delegation": delegation} if delegation is not None else {})}, ""
+    return Artifact.placed(out, rel, fmt.name, p.name, quantization=quant,
+                           delegation=fmt.delegation(target), **entry), ""
 
 
 def _measure(p: Precision, logits: np.ndarray, data: EvalData, max_drop: float,
@@ -210,17 +208,6 @@ def _place(src: Path, target: Path) -> None:
     os.replace(src, target)
 
 
-def _digest(path: Path) -> str:
-    """The manifest's hash: a directory artifact by the documented `sha256_tree` recipe
-    (docs/bundle-format.md), which apps and `slimvit verify` recompute."""
-    return sha256_file(path) if path.is_file() else sha256_tree(path)
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*")
-                                                          if f.is_file())
-
-
 @dataclass(frozen=True)
 class VariantQuant:
     """The precisions loop bound to one variant: its calibration inputs and evaluation data."""
@@ -230,7 +217,7 @@ class VariantQuant:
     data: EvalData
 
     def export(self, fmt: ExportFormat, variant_id: str, module: torch.nn.Module, fp32_path: Path,
-               out: Path, metadata: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+               out: Path, metadata: dict[str, str]) -> tuple[list[Artifact], list[dict[str, str]]]:
         return export_precisions(fmt, variant_id, module, fp32_path, out, self.opts,
                                  self.calibration, self.data, metadata)
 
