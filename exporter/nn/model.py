@@ -8,6 +8,7 @@ Shapes: B batch, N tokens, D full embed dim, d subnet embed dim, H heads, hd hea
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -127,12 +128,15 @@ class Attention(nn.Module):
             w["qkv.bias"] = self.qkv.bias[rows]
         return w
 
-    def forward(self, x: Tensor, s: Subnet) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, s: Subnet, gate: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``gate`` (H, hd) scales each head dim of q and v (ViT-Slim's search masks)."""
         B, N, d = x.shape
         w = self.active(s)
         qkv = F.linear(x, w["qkv.weight"], w.get("qkv.bias"))  # (B, N, 3d)
         qkv = qkv.view(B, N, 3 * s.num_heads, s.head_dim).transpose(1, 2)  # (B, 3H, N, hd)
         q, k, v = qkv.chunk(3, dim=1)  # each (B, H, N, hd)
+        if gate is not None:  # a dim out of q drops its q.k term, out of v its output
+            q, v = q * gate[None, :, None, :], v * gate[None, :, None, :]
         # The scale stays 1/sqrt(full head dim) at every width (HydraViT: fixed head dim;
         # Scala: its sliced forward keeps the full model's scale).
         out, attn = attention(q * self.cfg.head_dim ** -0.5, k, v)
@@ -153,9 +157,12 @@ class Mlp(nn.Module):
         return {"fc1.weight": self.fc1.weight[hid, ch], "fc1.bias": self.fc1.bias[hid],
                 "fc2.weight": self.fc2.weight[ch, hid], "fc2.bias": self.fc2.bias[ch]}
 
-    def forward(self, x: Tensor, s: Subnet) -> Tensor:
+    def forward(self, x: Tensor, s: Subnet, gate: Tensor | None = None) -> Tensor:
+        """``gate`` (h,) scales each hidden unit's GELU output (ViT-Slim's search masks)."""
         w = self.active(s)
         x = F.gelu(F.linear(x, w["fc1.weight"], w["fc1.bias"]))  # (B, N, h)
+        if gate is not None:
+            x = x * gate
         return F.linear(x, w["fc2.weight"], w["fc2.bias"])
 
 
@@ -236,18 +243,43 @@ class Block(nn.Module):
             return self.tsm(x, s, n_keep)
         return prune_tokens(x, attn, n_keep, self.cfg.num_prefix_tokens, self.cfg.fuse_tokens), None
 
-    def forward(self, x: Tensor, s: Subnet, n_keep: int | None) -> Tensor:
-        h, attn = self.attn(sliced_norm(self.norm1, x, s, self.cfg.ln_eps), s)
+    def forward(self, x: Tensor, s: Subnet, n_keep: int | None, attn_gate: Tensor | None = None,
+                mlp_gate: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The block's output and, where a TSM reduced the tokens, its aggregation weights."""
+        h, attn = self.attn(sliced_norm(self.norm1, x, s, self.cfg.ln_eps), s, attn_gate)
         x = x + h
+        weights = None
         if n_keep is not None:
-            x = self.reduce(x, attn, s, n_keep)[0]
-        return x + self.mlp(sliced_norm(self.norm2, x, s, self.cfg.ln_eps), s)
+            x, weights = self.reduce(x, attn, s, n_keep)
+        return x + self.mlp(sliced_norm(self.norm2, x, s, self.cfg.ln_eps), s, mlp_gate), weights
 
 
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Soft masks multiplied into a forward (ViT-Slim's search, at the full subnet).
+
+    ``attn`` (depth, H, hd) scales head dims of q and v, ``mlp`` (depth, hidden) the MLP units;
+    ``tokens`` (patches,) scales the patch tokens, or ``positions`` keeps only those patches."""
+
+    attn: Tensor
+    mlp: Tensor
+    tokens: Tensor | None = None
+    positions: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Features:
+    """The final tokens (B, N', d) after the last norm, and, when tracked, how the final patch
+    tokens mix the input patches (B, k, g*g) through the Token Slimming Modules (SiT)."""
+
+    tokens: Tensor
+    assign: Tensor | None = None
 
 
 class SlimmableViT(nn.Module):
@@ -349,12 +381,29 @@ class SlimmableViT(nn.Module):
         x = torch.cat([p.expand(x.shape[0], -1, -1) for p in prefix] + [x], dim=1)
         return x + w["pos_embed"]  # (B, N, d)
 
-    def forward_features(self, x: Tensor, s: Subnet) -> Tensor:
+    def features(self, x: Tensor, s: Subnet, track: bool = False, gates: Gates | None = None) -> Features:
+        """The one forward of the slimmable model, up to the final norm.
+
+        ``track`` composes the TSM aggregation weights (SiT's token loss); ``gates`` applies
+        ViT-Slim's soft masks (at the full subnet)."""
         cfg = self.cfg
         x = self.embed(x, s)
-        for block, n_keep in zip(self.blocks, block_keeps(cfg, s), strict=True):
-            x = block(x, s, n_keep)
-        return sliced_norm(self.norm, x, s, cfg.ln_eps)
+        p = cfg.num_prefix_tokens
+        if gates is not None and gates.positions is not None:
+            x = torch.cat([x[:, :p], x[:, p:][:, list(gates.positions)]], dim=1)
+        elif gates is not None and gates.tokens is not None:
+            x = torch.cat([x[:, :p], x[:, p:] * gates.tokens[None, :, None]], dim=1)
+        assign = None
+        for i, (block, n_keep) in enumerate(zip(self.blocks, block_keeps(cfg, s), strict=True)):
+            x, weights = block(x, s, n_keep, None if gates is None else gates.attn[i],
+                               None if gates is None else gates.mlp[i])
+            if track and weights is not None:  # top-k pruning has no weights
+                w = weights.transpose(1, 2)  # (B, k, N-p)
+                assign = w if assign is None else w @ assign  # (B, k, g*g)
+        return Features(sliced_norm(self.norm, x, s, cfg.ln_eps), assign)
+
+    def forward_features(self, x: Tensor, s: Subnet) -> Tensor:
+        return self.features(x, s).tokens
 
     def forward_head(self, x: Tensor, s: Subnet) -> Tensor:
         w = self.head_active(s)
