@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from exporter.convert.formats.base import ExportFormat, quiet
+from exporter.measure.worker import ort_session
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
@@ -44,13 +45,7 @@ class OnnxFormat(ExportFormat):
         return {p.key: p.value for p in model.metadata_props}
 
     def session(self, path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort_session(path, threads)
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         sess = self.session(path)
