@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.convert.formats.base import ExportFormat, converter_error, quiet
+from exporter.convert.formats.base import ExportFormat, converter_error, in_range, quiet
 from exporter.errors import ValidationError, check_choice
 from exporter.fileio import sha256_path
 from exporter.gate.files import dumps_strict
@@ -53,6 +53,25 @@ class CoreMLFormat(ExportFormat):
     deterministic: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("coremltools",)
     can_run: ClassVar[bool] = sys.platform == "darwin"
+    app_spec_versions: ClassVar[tuple[int, int]] = (7, 9)  # iOS 16 .. iOS 18
+
+    @classmethod
+    def runtime_problems(cls, path: Path) -> list[str]:
+        spec = next(iter(path.rglob("*.mlmodel")), None) if path.is_dir() else path
+        if spec is None:
+            return ["Core ML package holds no .mlmodel spec"]
+        with open(spec, "rb") as f:
+            head = f.read(16)
+        # Model.specificationVersion is protobuf field 1, a varint, written first.
+        if not head or head[0] != 0x08:
+            return ["Core ML spec does not start with specificationVersion"]
+        version, shift = 0, 0
+        for b in head[1:]:
+            version |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        return in_range("Core ML specificationVersion", version, cls.app_spec_versions)
 
     def __init__(self, layout: str | None = None, deployment_target: str = "iOS17",
                  compute: str = "fp32") -> None:

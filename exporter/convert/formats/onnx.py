@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.convert.formats.base import ExportFormat, quiet
+from exporter.convert.formats.base import ExportFormat, in_range, quiet
 from exporter.measure.worker import ort_session
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
@@ -24,6 +24,21 @@ class OnnxFormat(ExportFormat):
     deterministic: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime")
     opset: ClassVar[int] = 20
+    # The oldest runtime the apps ship: onnxruntime >= 1.18 (opset 21, IR 10); 17 is the oldest we export.
+    app_opsets: ClassVar[tuple[int, int]] = (17, 21)
+    app_ir_versions: ClassVar[tuple[int, int]] = (8, 10)
+
+    @classmethod
+    def runtime_problems(cls, path: Path) -> list[str]:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf raises its own DecodeError
+            return [f"not a readable ONNX model ({type(e).__name__})"]
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is None:
+            return ["ONNX model imports no default opset"]
+        return (in_range("ONNX opset", opset, cls.app_opsets)
+                + in_range("ONNX IR version", model.ir_version, cls.app_ir_versions))
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:
