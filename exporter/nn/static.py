@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exporter.nn.model import attention, prune_tokens, slim_tokens
+from exporter.nn.tokens import attention, prune_tokens, slim_tokens
 
 
 @dataclass(frozen=True)
