@@ -103,7 +103,8 @@ def cases() -> list[dict[str, Any]]:
         ("one copy of a DEFLATE blob: rebuilt, not in place",
          write_pack([(CODEC_DEFLATE, _deflate(base), len(base)), (CODEC_RAW, _copy(len(base), 0, 0), 4)],
                     [_file("a.bin", base, 1, 0, 4)])),
-        ("one copy from inside a raw blob: in place at its offset", _one_file(_copy(128, 0, 64), base[64:192], base=base)),
+        ("one copy from inside a raw blob: in place at its offset",
+         _one_file(_copy(128, 0, 64), base[64:192], base=base)),
     ]
     bad_sha = "00" * 32
     ops = _insert(hello)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from exporter.nn.config import Subnet
-from exporter.nn.extract import STATIC_NAMES, variant_state_dict
+from exporter.nn.extract import variant_state_dict
 from exporter.nn.model import SlimmableViT
 
 
@@ -81,7 +81,7 @@ class SharedWeights:
 
 
 def weight_slices(model: SlimmableViT, s: Subnet) -> dict[str, WeightSlice]:
-    """Every static weight (2-D and up, `StaticViT` names) of subnet ``s`` as a slice of the
+    """Every static weight (2-D and up; `StaticViT` keeps timm's names) of subnet ``s`` as a slice of the
     slimmable parameters, read off `SlimmableViT.active` on an index-valued copy of the model."""
     index_model = copy.deepcopy(model).double()
     params = dict(index_model.named_parameters())
@@ -93,10 +93,7 @@ def weight_slices(model: SlimmableViT, s: Subnet) -> dict[str, WeightSlice]:
     for name, t in active.items():
         if name not in params or t.ndim < 2 or not name.endswith("weight"):
             continue
-        static = name
-        for old, new in STATIC_NAMES.items():
-            static = static.replace(old, new)
-        out[static] = WeightSlice(name, t.detach().numpy().astype(np.int64))
+        out[name] = WeightSlice(name, t.detach().numpy().astype(np.int64))  # StaticViT keeps timm's names
     return out
 
 
