@@ -107,7 +107,9 @@ def size_rows(name: str, bundle: Path, zstd_level: int) -> tuple[list[list[objec
 def _group(path: str, bundle: Path) -> tuple[str, str]:
     from exporter.bundle.pack import read_manifest_entries
 
-    for a in _entries_cache.setdefault(bundle, read_manifest_entries(bundle)):
+    if bundle not in _entries_cache:  # once: setdefault would parse the manifest on every call
+        _entries_cache[bundle] = read_manifest_entries(bundle)
+    for a in _entries_cache[bundle]:
         if path == a["path"] or path.startswith(a["path"] + "/"):
             return a["format"], a["precision"]
     return ("meta", "")
@@ -126,15 +128,17 @@ def roundtrip_ok(pack: Path, bundle: Path) -> bool:
         return got == want and all((Path(tmp) / "b" / p).read_bytes() == (bundle / p).read_bytes() for p in want)
 
 
-def rebuild_rows(pack: Path, bundle: Path, runs: int) -> list[list[object]]:
-    """Rebuild (Python, Kotlin) vs runtime load of the largest fp32 ONNX and TFLite artifacts."""
+def rebuild_rows(pack: Path, bundle: Path, entries: list[dict], runs: int) -> list[list[object]]:
+    """Rebuild and open-in-place (Python, Kotlin) vs runtime load of the largest fp32 ONNX and
+    TFLite artifacts, every measurement of one round side by side."""
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
 
     from exporter.bundle.packfile import PackReader
 
-    entries = [a for a in _entries_cache.setdefault(bundle, []) if a["precision"] == "fp32"]
+    entries = [a for a in entries if a["precision"] == "fp32" and (bundle / a["path"]).is_file()]
     rows = []
+    kotlin = PACK_JAR.is_file() and shutil.which("java")
     for fmt in sorted({a["format"] for a in entries} & {"onnx", "tflite"}):
         art = max((a for a in entries if a["format"] == fmt), key=lambda a: a["bytes"])
         path = bundle / art["path"]
@@ -142,30 +146,53 @@ def rebuild_rows(pack: Path, bundle: Path, runs: int) -> list[list[object]]:
         so.intra_op_num_threads = 1
         loaders = {"onnx": lambda p=path, o=so: ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"]),
                    "tflite": lambda p=path: Interpreter(model_path=str(p), num_threads=1).allocate_tensors()}
-        py, py_nohash, rt, kt = [], [], [], []
-        for _ in range(runs):  # interleaved: the same load on every row of one round
+        t_ = {k: [] for k in ("rt", "py", "py_view", "py_region", "kt", "kt_map", "kt_map_nohash")}
+        for _ in range(runs):  # interleaved: the same load on every column of one round
             t = time.perf_counter()
             data = PackReader.open(pack).read(art["path"])
-            py.append(time.perf_counter() - t)
-            r = PackReader.open(pack)
+            t_["py"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            f = r.by_path[art["path"]]
-            out = b"".join(r.blob(f.ops_blob if b < 0 else b)[o:o + n] for b, o, n in r.ops(f))
-            py_nohash.append(time.perf_counter() - t)
-            assert len(data) == art["bytes"] and bytes(out) == data
+            view = PackReader.open(pack).view(art["path"])  # in place, sha256 checked
+            t_["py_view"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            where = PackReader.open(pack).region(art["path"])  # in place, checked at install
+            t_["py_region"].append(time.perf_counter() - t)
+            assert len(data) == art["bytes"] and bytes(view) == data and where[1] == art["bytes"]
             t = time.perf_counter()
             loaders[fmt]()
-            rt.append(time.perf_counter() - t)
-            if PACK_JAR.is_file() and shutil.which("java"):
-                r = subprocess.run(["java", "-jar", str(PACK_JAR), "--bench", str(pack), art["path"], "3"],
-                                   capture_output=True, text=True, check=True)
-                kt.append(float(r.stdout.split()[-1]))
-        med = statistics.median
+            t_["rt"].append(time.perf_counter() - t)
+            if kotlin:
+                for flag, keys in (("--bench", ("kt",)), ("--bench-map", ("kt_map", "kt_map_nohash"))):
+                    r = subprocess.run(["java", "-jar", str(PACK_JAR), flag, str(pack), art["path"], "3"],
+                                       capture_output=True, text=True, check=True)
+                    for key, line in zip(keys, r.stdout.strip().splitlines(), strict=True):
+                        t_[key].append(float(line.split()[-1]))
+        med = {k: statistics.median(v) if v else None for k, v in t_.items()}
         runtime = "ONNX Runtime" if fmt == "onnx" else "LiteRT"
-        rows.append([art["path"], f"{art['bytes'] / 2**20:.1f}", f"{med(rt) * 1e3:.1f} ({runtime})",
-                     f"{med(py) * 1e3:.1f}", f"**{med(py) / med(rt):.3f}x**", f"{med(py_nohash) * 1e3:.1f}",
-                     f"{med(kt) * 1e3:.1f}" if kt else "-", f"**{med(kt) / med(rt):.3f}x**" if kt else "-"])
+
+        def cell(key: str, med: dict = med) -> str:
+            return "-" if med[key] is None else f"{med[key] * 1e3:.2f} (**{med[key] / med['rt']:.3f}x**)"
+        rows.append([art["path"], f"{art['bytes'] / 2**20:.1f}", f"{med['rt'] * 1e3:.1f} ({runtime})",
+                     cell("py"), cell("py_view"), cell("py_region"), cell("kt"), cell("kt_map"),
+                     cell("kt_map_nohash")])
     return rows
+
+
+def widest_pack(bundle: Path) -> tuple[Path, list[dict]]:
+    """A pack of the largest fp32 ONNX and TFLite artifacts a (possibly partial) bundle holds: the
+    widest artifact is its group's raw base blob whatever else the group holds."""
+    from exporter.bundle.pack import build_pack, read_manifest_entries
+
+    entries = [a for a in read_manifest_entries(bundle) if (bundle / a["path"]).is_file()]
+    chosen = [max((a for a in entries if a["format"] == f and a["precision"] == "fp32"), key=lambda a: a["bytes"])
+              for f in sorted({a["format"] for a in entries} & {"onnx", "tflite"})]
+    pack = Path(tempfile.mkdtemp(prefix="bench-pack-")) / "widest.svpack"
+    pack.write_bytes(build_pack(bundle, chosen)[0])
+    return pack, entries
+
+
+REBUILD_HEADER = ["artifact", "MiB", "runtime load ms", "Python rebuild", "Python in place", "Python in place, "
+                  "hash at install", "Kotlin rebuild", "Kotlin in place", "Kotlin in place, hash at install"]
 
 
 def main() -> None:
@@ -174,9 +201,21 @@ def main() -> None:
     ap.add_argument("--deits", type=Path, action="append", default=None,
                     help="DeiT-S bundle directories (repeat: e.g. one exported per format)")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--demo-only", action="store_true", help="only the size tables of the --demo bundle")
+    ap.add_argument("--rebuild-only", type=Path, action="append", default=None,
+                    help="only the rebuild/load table, on the widest fp32 ONNX/TFLite artifacts of these "
+                         "(possibly partial: e.g. `slimvit unpack --variants`) DeiT-S bundles")
     args = ap.parse_args()
     load_before = load()
-    deits = args.deits or [Path(tempfile.gettempdir()) / "slimvit-bench-deits"]
+    if args.rebuild_only:
+        rows = []
+        for bundle in args.rebuild_only:
+            pack, entries = widest_pack(bundle)
+            rows += rebuild_rows(pack, bundle, entries, args.runs)
+        print(f"load average {load_before} before, {load()} after; {host()}; {cpu_flags()}")
+        print(md_table(REBUILD_HEADER, rows))
+        return
+    deits = [] if args.demo_only else args.deits or [Path(tempfile.gettempdir()) / "slimvit-bench-deits"]
     if len(deits) == 1 and not (deits[0] / "manifest.json").is_file():
         print(f"exporting the DeiT-S bundle into {deits[0]} (slow)", flush=True)
         export_deits(deits[0])
@@ -193,7 +232,7 @@ def main() -> None:
                            f"{whole['pack_mib']:.2f}", f"**{whole['ratio']:.3f}x**", f"{whole['pack_s']:.1f}",
                            "yes" if roundtrip_ok(pack, bundle) else "NO"])
     rebuild = [row for name, (pack, bundle) in packs.items() if name.startswith("DeiT-S")
-               for row in rebuild_rows(pack, bundle, args.runs)]
+               for row in rebuild_rows(pack, bundle, _entries_cache.get(bundle, []), args.runs)]
     text = f"""## Packed bundles (`bench_pack.py`, issue 18)
 
 Host: {host()}; {cpu_flags()}. Load average {load_before} before, {load()} after (shared machine:
@@ -214,14 +253,15 @@ the largest artifact (target <= 1.2x); the round trip rebuilds every file byte-i
 {md_table(["bundle", "files MiB", "sum of largest MiB", "pack MiB", "pack / sum of largest", "pack s",
            "round trip identical"], whole_rows)}
 
-Rebuild of the largest DeiT-S artifacts from the pack (median of {args.runs}, interleaved with the
-runtime load; Python includes mapping the pack and the sha256 check, "no hash" is the copy ops
-alone; Kotlin is the JVM port reading the pack file, after a warm-up, sha256 included) against
-the runtime's load (ONNX Runtime `InferenceSession`, LiteRT `Interpreter` + `allocate_tensors`,
-1 thread). Target: rebuild <= 0.25x load.
+Getting the largest DeiT-S artifacts out of the pack (median of {args.runs}, interleaved with the
+runtime load), each cell ms (**its ratio to the load**): "rebuild" copies it out (`read`, sha256
+included); "in place" is `view` / Kotlin `map` (the 64-byte aligned raw base blob as a mapped
+region, no copy) with the sha256 of those bytes; "hash at install" is the region alone, for an
+app that checked the hash once when it installed the pack and recorded it. Python times include
+opening the pack; Kotlin is the JVM port, after a warm-up. Load: ONNX Runtime `InferenceSession`,
+LiteRT `Interpreter` + `allocate_tensors`, 1 thread. Target: <= 0.25x load.
 
-{md_table(["artifact", "MiB", "runtime load ms", "Python rebuild ms", "Python / load", "Python no hash ms",
-           "Kotlin rebuild ms", "Kotlin / load"], rebuild)}
+{md_table(REBUILD_HEADER, rebuild)}
 """
     print(text)
     print(f"wrote {write_section('pack', text)}")

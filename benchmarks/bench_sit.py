@@ -9,9 +9,7 @@ one thread, interleaved rounds, best median; at the demo shape and at DeiT-Ti sh
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
-import math
 import sys
 import tempfile
 import time
@@ -19,17 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import host, md_table, time_fn, write_section  # noqa: E402
 from calibration.data import Preprocess, digits  # noqa: E402
 from exporter.convert.formats import get_format  # noqa: E402
-from exporter.nn.config import Variant, VariantGrid, ViTConfig  # noqa: E402
+from exporter.nn.config import Variant, ViTConfig  # noqa: E402
 from exporter.nn.cost import mac_count  # noqa: E402
 from exporter.nn.extract import extract_variant, static_spec  # noqa: E402
 from exporter.nn.model import SlimmableViT  # noqa: E402
-from exporter.training.sit import SitConfig, student_from_teacher, top1, train_sit  # noqa: E402
+from exporter.checkpoints import save_checkpoint  # noqa: E402
+from exporter.training import TrainConfig, accuracy, train  # noqa: E402
+from exporter.training.sit import student_from_teacher  # noqa: E402
 
 DEMO = ViTConfig(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=64, depth=4, num_heads=4)
 KEEPS = (0.7, 0.5)
@@ -37,26 +36,18 @@ TEACHER_EPOCHS, SIT_EPOCHS, ROUNDS, RUNS = 12, 4, 3, 30
 
 
 def quick_teacher(epochs: int = TEACHER_EPOCHS, seed: int = 0) -> SlimmableViT:
-    """The demo shape trained with plain cross-entropy at full width and all tokens."""
-    torch.manual_seed(seed)
-    model = SlimmableViT(DEMO)
-    data, pre = digits("train"), Preprocess()
-    x, y = pre(data.images, DEMO.img_size), torch.from_numpy(data.labels)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    steps = epochs * math.ceil(len(y) / 64)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y), 64):
-            idx = order[i:i + 64]
-            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    """The demo shape trained with cross-entropy at full width and all tokens (the one loop)."""
+    shape = {k: getattr(DEMO, k) for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")}
+    cfg = TrainConfig(recipe="hydravit", epochs=epochs, seed=seed, widths=(1.0,), keep_rates=(1.0,),
+                      resolutions=(DEMO.img_size,), model=shape)
+    return train(cfg).model
+
+
+def sit_student(teacher: Path, token_reducer: str, keeps: tuple[float, ...], res: int) -> SlimmableViT:
+    """The teacher distilled with the ``sit`` recipe into a student with ``token_reducer``."""
+    cfg = TrainConfig(recipe="sit", teacher=str(teacher), epochs=SIT_EPOCHS, lr=5e-4, widths=(1.0,),
+                      keep_rates=keeps, resolutions=(res,), model={"token_reducer": token_reducer})
+    return train(cfg).model
 
 
 def latencies(models: dict[str, tuple[SlimmableViT, Variant]], res: int, tmp: Path) -> dict[str, float]:
@@ -87,19 +78,13 @@ def main() -> None:
         teacher = load_model(args.teacher).model
     else:
         teacher = quick_teacher()
-    grid = VariantGrid((1.0,), (1.0, *KEEPS), (teacher.cfg.img_size,))
-    students = {"tsm": student_from_teacher(teacher)}
-    torch.manual_seed(0)
-    topk = SlimmableViT(dataclasses.replace(teacher.cfg, token_reducer="topk"))
-    topk.load_state_dict(teacher.state_dict())
-    students["topk"] = topk
-    cfg = SitConfig(epochs=SIT_EPOCHS)
-    for student in students.values():
-        train_sit(student, teacher, digits("train"), grid, pre, cfg)
     res = teacher.cfg.img_size
-    acc = {(name, k): top1(m, test, pre, m.subnet(Variant(1.0, k, res)))
+    teacher_path = save_checkpoint(teacher, Path(tempfile.mkdtemp()) / "teacher.safetensors",
+                                   [str(i) for i in range(10)], pre)
+    students = {name: sit_student(teacher_path, name, (1.0, *KEEPS), res) for name in ("tsm", "topk")}
+    acc = {(name, k): accuracy(m, test, pre, m.subnet(Variant(1.0, k, res)))
            for name, m in students.items() for k in (1.0, *KEEPS)}
-    acc_teacher = {k: top1(teacher, test, pre, teacher.subnet(Variant(1.0, k, res))) for k in (1.0, *KEEPS)}
+    acc_teacher = {k: accuracy(teacher, test, pre, teacher.subnet(Variant(1.0, k, res))) for k in (1.0, *KEEPS)}
 
     tmp = Path(tempfile.mkdtemp())
     lat_demo = latencies({f"{n}-{k}": (m, Variant(1.0, k, res)) for n, m in students.items() for k in KEEPS}

@@ -14,7 +14,7 @@ from exporter.bundle.plain_warnings import accuracy_collapse_warning, plain_chec
 from exporter.bundle.signing import sign_bundle  # noqa: F401  (slimvit sign)
 from exporter.bundle.verify import check_bundle, verify_bundle  # noqa: F401  (slimvit verify)
 from exporter.checkpoints import LoadedModel, load_model
-from exporter.convert.formats import FORMATS
+from exporter.convert.formats import FORMATS, configure_formats
 from exporter.convert.quantize import quantize_options
 from exporter.convert.quantize.registry import precision_names
 from exporter.errors import ConfigError
@@ -74,12 +74,13 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                              policy: str | Path | dict[str, Any] | None = None, nhwc: bool = False,
                              keep_going: bool = False, coreml_target: str = "iOS17",
                              resume: bool = False, cache_dir: str | Path | None = None,
-                             int8_target: str = "arm-dotprod") -> dict[str, Any]:
+                             int8_target: str = "arm-dotprod", float_ops: str | Sequence[str] = ()) -> dict[str, Any]:
     """`export_bundle` with an evaluation set chosen by name (``builtin`` = digits held-out) and
     the precisions beyond fp32, calibrated on ``calibration`` (see `exporter.convert.quantize`);
     ``coreml_target`` is the Core ML minimum deployment target; ``resume`` takes artifacts a
     killed export finished from the artifact cache (``cache_dir``); ``int8_target`` is the CPU
-    int8 recipes are tuned for (`exporter.convert.quantize.targets`)."""
+    int8 recipes are tuned for (`exporter.convert.quantize.targets`); ``float_ops`` are op kinds
+    every quantized artifact keeps in float from the first try."""
     eval_set = None
     if eval_data is not None:
         labels = loaded.labels or [str(i) for i in range(loaded.model.cfg.num_classes)]
@@ -92,10 +93,11 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
         raise ConfigError("--formats is empty; give at least one format, e.g. onnx")
     quant = quantize_options(precisions, calibration, loaded.preprocess, calibration_samples,
                              method=calibration_method, max_drop=max_drop, warn=warn,
-                             int8_target=int8_target)
-    manifest = export_bundle(loaded, grid, out, formats, eval_set=eval_set, progress=progress,
-                             quantize=quant, policy=policy, nhwc=nhwc, keep_going=keep_going,
-                             format_options={"coreml": {"deployment_target": coreml_target}},
+                             int8_target=int8_target,
+                             float_ops=float_ops if isinstance(float_ops, str) else tuple(float_ops))
+    fmts = configure_formats(formats, nhwc=nhwc, deployment_target=coreml_target)
+    manifest = export_bundle(loaded, grid, out, fmts, eval_set=eval_set, progress=progress,
+                             quantize=quant, policy=policy, keep_going=keep_going,
                              resume=resume, cache_dir=cache_dir)
     collapse = accuracy_collapse_warning(manifest)
     if collapse and not plain:  # one warning about narrow widths, not two

@@ -88,6 +88,12 @@ def sha256_tree(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def sha256_path(path: str | os.PathLike[str]) -> str:
+    """The manifest's hash of an artifact: `sha256_file` of a file, `sha256_tree` of a directory
+    (docs/bundle-format.md; apps and `slimvit verify` recompute it the same way)."""
+    return sha256_tree(path) if Path(path).is_dir() else sha256_file(path)
+
+
 def tree_bytes(path: str | os.PathLike[str]) -> int:
     """Size of a file, or the total size of the files under a directory."""
     p = Path(path)

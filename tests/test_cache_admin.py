@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.convert.artifact import Artifact
 from exporter.convert.cache import ArtifactCache, default_cache_dir
 from exporter.convert.cache_admin import CacheError, clear, max_bytes, prune, usage
 
@@ -31,7 +32,7 @@ def fill(root: Path, n: int, size: int) -> list[str]:
         f = root.parent / f"a{i}.bin"
         f.write_bytes(bytes([i]) * size)
         key = cache.key(i=i)
-        cache.store(key, f, {"sha256": "x", "path": f.name})
+        cache.store(key, f, Artifact("onnx", "fp32", f.name, "x", size, {}))
         os.utime(root / key[:2] / key / "entry.json", (1000 + i, 1000 + i))  # older first
         keys.append(key)
     return keys

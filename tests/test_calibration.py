@@ -145,8 +145,9 @@ def test_missing_empty_or_unreadable_sources_are_clear_errors(tmp_path):
 
 
 def test_precisions_come_from_the_registry_and_bad_choices_are_named():
-    assert precision_names("onnx") == ["fp32", "fp16", "int8", "int8-dynamic"]
-    assert precision_names("tflite") == ["fp32", "fp16", "int8-dynamic", "int8", "int8-full", "int8-xnnpack"]
+    assert precision_names("onnx") == ["fp32", "fp16", "int8", "int8-dynamic", "int8-shared", "int8-dynamic-shared"]
+    assert precision_names("tflite") == ["fp32", "fp16", "int8-dynamic", "int8", "int8-full", "int8-xnnpack",
+                                         "int8-dynamic-shared"]
     assert set(precision_names("coreml")) == {"fp32", "fp16", "int8", "int8-weights", "palettized"}
     assert check_precisions(["int8", "fp16"], ["onnx"]) == ["fp32", "int8", "fp16"]
     with pytest.raises(ConfigError, match='did you mean "int8"'):

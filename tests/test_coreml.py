@@ -123,7 +123,7 @@ def test_the_weight_check_catches_a_changed_weight(bundle, model):
     fmt = get_format("coreml")
     assert fmt.check(path, static, example)[-1] == "56 weights"
     with torch.no_grad():
-        static.blocks[2].fc1.weight[3, 5] += 1e-3
+        static.blocks[2].mlp.fc1.weight[3, 5] += 1e-3
     with pytest.raises(ValidationError, match=r"weight blocks\.2\.fc1\.weight \(128, 32\) missing or changed"):
         fmt.check(path, static, example)
 
@@ -147,7 +147,7 @@ def test_metadata_fields(bundle):
 def test_fp16_artifacts_compute_in_fp16_and_targets_are_checked(model, tmp_path):
     static = extract_variant(model, Variant(0.5, 1.0, 32))
     example = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    fmt = get_format("coreml", deployment_target="iOS16")
+    fmt = get_format("coreml", deployment_target="iOS16", compute="fp16")
     path = tmp_path / "h.mlpackage"
     fmt.export(static, example, path, {"slimvit.variant_id": "h", "slimvit.precision": "fp16"})
     info = program_info(path)
@@ -155,8 +155,8 @@ def test_fp16_artifacts_compute_in_fp16_and_targets_are_checked(model, tmp_path)
     assert fmt.check(path, static, example)[2] == "fp16 compute"
     with pytest.raises(ConfigError, match='did you mean "iOS17"'):
         get_format("coreml", deployment_target="ios17")
-    with pytest.raises(ConfigError, match='"precision" must be one of'):
-        fmt.export(static, example, tmp_path / "i.mlpackage", {"slimvit.precision": "int3"})
+    with pytest.raises(ConfigError, match="Core ML compute precision"):
+        get_format("coreml", compute="int3")
 
 
 def test_sha256_tree_follows_the_documented_recipe(tmp_path):

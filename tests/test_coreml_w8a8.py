@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from calibration.data import Preprocess, digits
-from exporter.convert.formats.coreml import INPUT_NAME, OUTPUT_NAME, program_info
+from exporter.convert.formats.coreml import INPUT_NAME, OUTPUT_NAME, CoreMLFormat, program_info
 from exporter.convert.quantize import SENSITIVE_OPS
 from exporter.convert.quantize import coreml_w8a8 as w8a8
 from exporter.nn.config import Variant
@@ -61,7 +61,7 @@ def test_each_variant_is_calibrated_on_its_own_activations(images, calibrated):
 
 def test_sensitive_ops_stay_in_float_on_a_retry(half, images, calibrated):
     kept = w8a8.calibrated_module(half, images[:1], images, SENSITIVE_OPS)
-    assert type(kept.patch_embed) is nn.Conv2d and type(kept.head) is nn.Linear  # not quantized
+    assert type(kept.patch_embed.proj) is nn.Conv2d and type(kept.head) is nn.Linear  # not quantized
     assert len(w8a8.quantized_weights(kept)) == len(w8a8.quantized_weights(calibrated)) - 2
     for node in kept.graph.nodes:
         if node.op == "call_function" and node.target is torch.quantize_per_tensor:
@@ -109,9 +109,9 @@ def test_an_ios16_bundle_leaves_int8_out_and_keeps_its_target_for_fp16(tmp_path)
 
     loaded = LoadedModel(tiny_model(), "tiny", "slimvit", [str(i) for i in range(10)])
     opts = QuantizeOptions(("fp16", "int8"), load_calibration("builtin", PRE, samples=8), max_drop=1.0)
-    manifest = export_bundle(loaded, VariantGrid((0.5,), (1.0,), (32,)), tmp_path, formats=("coreml",),
-                             eval_set=digits("test").subset(np.arange(16)), quantize=opts,
-                             format_options={"coreml": {"deployment_target": "iOS16"}})
+    manifest = export_bundle(loaded, VariantGrid((0.5,), (1.0,), (32,)), tmp_path,
+                             formats=(CoreMLFormat(deployment_target="iOS16"),),
+                             eval_set=digits("test").subset(np.arange(16)), quantize=opts)
     arts = {a["precision"]: a for a in manifest["variants"][0]["artifacts"]}
     (left,) = manifest["calibration"]["excluded"]
     assert set(arts) == {"fp32", "fp16"} and left["precision"] == "int8"

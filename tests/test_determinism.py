@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.bundle import verify
+from exporter.convert.formats.coreml import CoreMLFormat
 from exporter.bundle.verify import runtime_problems
 from exporter.convert.formats import get_format
 from exporter.fileio import sha256_file, sha256_tree
@@ -46,7 +46,7 @@ def test_tflite_artifacts_are_byte_stable(tmp_path):
 def test_verify_reads_the_core_ml_specification_version(coreml_pair, monkeypatch):
     a, _ = coreml_pair
     assert runtime_problems(a, "coreml") == []
-    monkeypatch.setattr(verify, "COREML_SPEC_VERSION", (9, 9))  # as if the apps needed iOS 18
+    monkeypatch.setattr(CoreMLFormat, "app_spec_versions", (9, 9))  # as if the apps needed iOS 18
     assert runtime_problems(a, "coreml") == [
         "Core ML specificationVersion 8 is outside 9..9, what the apps' runtimes load (docs/security.md)"]
 

@@ -69,7 +69,7 @@ def test_heads_subnet_weights_are_the_first_channels(model):
 def test_ratio_intermediate_width_uses_last_channels():
     model = tiny_model(slicing="ratio")
     static = extract_variant(model, Variant(0.5))
-    assert torch.equal(static.blocks[1].fc1.bias, model.blocks[1].mlp.fc1.bias[-128:])
+    assert torch.equal(static.blocks[1].mlp.fc1.bias, model.blocks[1].mlp.fc1.bias[-128:])
     assert torch.equal(static.blocks[1].attn.qkv.weight[32:], model.blocks[1].attn.qkv.weight[-64:, -32:])
     assert torch.equal(static.head.bias, model.head.bias)  # head bias stays full
 

@@ -169,6 +169,52 @@ def test_conformance_vector(case, tmp_path):
         return
     assert "error" not in case, f"accepted a pack that must be refused ({case['error']})"
     assert {p: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for p, d in got.items()} == case["files"]
+    regions = {f.path: (list(r) if (r := reader.region(f.path)) else None) for f in reader.files}
+    assert regions == case["regions"]
+    for path, where in regions.items():
+        if where:  # served in place: aligned, and the very bytes a rebuild gives
+            assert where[0] % 64 == 0 and bytes(reader.view(path)) == got[path]
+
+
+def test_the_widest_artifact_opens_in_place_and_a_changed_byte_is_refused(bundle, tmp_path):
+    """Each group's largest artifact is one raw blob: a runtime opens it from the mapped pack (no
+    copy); the hash of those bytes is still checked unless the caller says it checked them."""
+    import onnxruntime as ort
+
+    pack_bundle(bundle, tmp_path / "b.svpack")
+    reader = PackReader.open(tmp_path / "b.svpack")
+    widest = max((f for f in reader.files if f.path.endswith(".fp32.onnx")), key=lambda f: f.size)
+    offset, length = reader.region(widest.path)
+    assert offset % 64 == 0 and length == widest.size
+    view = reader.view(widest.path)
+    assert view.obj is not None and bytes(view) == (bundle / widest.path).read_bytes()
+    session = ort.InferenceSession(bytes(view), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[-1] == 32
+    assert reader.region("manifest.json") is None  # everything else is rebuilt
+    data = bytearray((tmp_path / "b.svpack").read_bytes())
+    data[offset + length // 2] ^= 0x10
+    (tmp_path / "bad.svpack").write_bytes(bytes(data))
+    bad = PackReader.open(tmp_path / "bad.svpack")
+    with pytest.raises(PackError, match="another sha256") as e:
+        bad.view(widest.path)
+    assert e.value.code == "hash"
+    assert len(bad.view(widest.path, check_hash=False)) == length
+
+
+def test_verify_excuses_only_the_absence_of_artifacts_it_is_told_are_left_out(bundle, tmp_path):
+    """verify_pack tells verify_bundle which artifacts a filtered pack leaves out (no message
+    matching): their absence is excused, nothing else about them or about the others."""
+    from exporter.bundle.verify import verify_bundle
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    gone = "onnx/w32_k50_r32.int8-dynamic.onnx"
+    (copy / gone).unlink()
+    assert not verify_bundle(copy).ok
+    assert verify_bundle(copy, absent={gone}).ok
+    other = copy / "onnx" / "w32_k100_r32.fp32.onnx"
+    other.write_bytes(other.read_bytes()[:-1])
+    report = verify_bundle(copy, absent={gone, "onnx/w32_k100_r32.fp32.onnx"})
+    assert not report.ok and any("w32_k100_r32.fp32" in p for p in report.problems)
 
 
 def test_random_damage_to_a_real_pack_is_refused_or_rebuilds_exactly():

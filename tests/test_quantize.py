@@ -13,6 +13,7 @@ import torch
 
 from calibration.data import Preprocess, digits
 from calibration.sources import load_calibration
+from exporter.errors import ConfigError
 from exporter.bundle.export import export_bundle
 from exporter.checkpoints import LoadedModel
 from exporter.convert.formats import get_format
@@ -185,8 +186,8 @@ def test_over_budget_retries_with_sensitive_ops_in_float_then_leaves_out(onnx_bu
                                    tmp_path, opts, vq.calibration, vq.data, {"slimvit.variant_id": s.id})
     assert len(arts) + len(left) == 2
     for a in arts:
-        assert a["accuracy"]["drop"] <= 0 and a["quantization"]["float_ops"] in ([], list(SENSITIVE_OPS))
-        assert (tmp_path / a["path"]).is_file()
+        assert a.accuracy["drop"] <= 0 and a.quantization["float_ops"] in ([], list(SENSITIVE_OPS))
+        assert (tmp_path / a.path).is_file()
     for e in left:
         assert e["variant"] == s.id and e["format"] == "onnx"
         first, second = e["reason"].split("; with softmax/layernorm/gelu/first/last in float: ")
@@ -268,3 +269,23 @@ def test_coreml_precisions_carry_simulated_accuracy_and_say_so(loaded, eval_set,
         assert arts["int8"]["bytes"] < 0.5 * arts["fp32"]["bytes"]
     else:  # the probe's random features are fragile under int8 activations
         assert "agreement" in left["int8"] or "> budget 3.00 p.p." in left["int8"], left
+
+
+def test_float_ops_are_a_per_op_type_override_of_the_first_try(onnx_bundle, loaded, eval_set, tmp_path):
+    """--float-ops keeps those op kinds in float from the first try (recorded in the manifest and
+    in each artifact's quantization); the retry adds the rest; an unknown kind is one line."""
+    out, manifest = onnx_bundle
+    fp32 = out / manifest["variants"][0]["artifacts"][0]["path"]
+    s = ONE.subnets(loaded.model.cfg)[0]
+    cal = load_calibration("builtin", PRE, samples=16)
+    opts = QuantizeOptions(("int8",), cal, max_drop=1.0, float_ops=("gelu", "softmax"))
+    assert opts.attempts() == (("softmax", "gelu"), SENSITIVE_OPS)
+    assert opts.describe([])["float_ops"] == ["gelu", "softmax"]
+    assert QuantizeOptions(("int8",), cal, float_ops=SENSITIVE_OPS).attempts() == (SENSITIVE_OPS,)
+    vq = for_variant(opts, PRE, 24, SubnetForward(loaded.model, s), PRE(eval_set.images, 24).numpy(),
+                     eval_set.labels, eval_set.name)
+    (art,), left = export_precisions(get_format("onnx"), s.id, extract_variant(loaded.model, s), fp32,
+                                     tmp_path, opts, vq.calibration, vq.data, {"slimvit.variant_id": s.id})
+    assert not left and art.quantization["float_ops"] == ["softmax", "gelu"]
+    with pytest.raises(ConfigError, match='did you mean "gelu"'):
+        QuantizeOptions(("int8",), cal, float_ops=("gleu",))

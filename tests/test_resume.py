@@ -16,6 +16,7 @@ import pytest
 
 from exporter.bundle.verify import verify_bundle
 from exporter.checkpoints import save_checkpoint
+from exporter.convert.artifact import Artifact
 from exporter.convert.cache import ArtifactCache, publish_bundle, stage_bundle
 from exporter.fileio import sha256_file
 from tests.conftest import build_real_bundle, tiny_model
@@ -78,8 +79,8 @@ def test_cache_keys_hits_and_damaged_entries(tmp_path):
     key = cache.key(weights="w", variant="v", format="onnx", precision="fp32")
     assert key != cache.key(weights="w", variant="v", format="onnx", precision="fp16")
     assert cache.fetch(key, tmp_path / "out" / rel) is None
-    cache.store(key, src / rel, entry)
-    assert cache.fetch(key, tmp_path / "out" / rel) == entry and cache.hits == [key]
+    cache.store(key, src / rel, Artifact.from_manifest(entry))
+    assert cache.fetch(key, tmp_path / "out" / rel).to_manifest() == entry and cache.hits == [key]
     assert sha256_file(tmp_path / "out" / rel) == entry["sha256"]
     assert not ArtifactCache(tmp_path / "cache").fetch(key, tmp_path / "x")  # resume off: no reads
     cached = next((tmp_path / "cache").rglob(Path(rel).name))

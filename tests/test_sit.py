@@ -11,14 +11,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from calibration.data import Preprocess, digits
-from exporter.checkpoints import LoadedModel
+from calibration.data import Preprocess
+from exporter.checkpoints import LoadedModel, save_checkpoint
 from exporter.convert.formats import get_format
 from exporter.errors import ConfigError
 from exporter.nn.config import Variant, VariantGrid, ViTConfig, resolve
 from exporter.nn.cost import mac_count, param_count
 from exporter.nn.extract import extract_variant, static_spec
-from exporter.training.sit import SitConfig, forward_dense, sit_loss, student_from_teacher, train_sit
+from exporter.training import RECIPES, TrainConfig, train
+from exporter.training.sit import student_from_teacher, token_reconstruction
 from tests.conftest import TINY, tiny_model
 from tests.onnx_graph import int64_data_values, tensor_types
 
@@ -111,38 +112,40 @@ def test_tsm_variant_exports_through_every_format_and_tflite_has_no_gather(tmp_p
 def test_dense_distillation_targets_and_gradients():
     teacher = tiny_model()
     student = student_from_teacher(teacher)
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    x = torch.randn(4, 3, 32, 32)
     full, slim = student.subnet(Variant(1.0, 1.0)), student.subnet(Variant(1.0, 0.5))
     with torch.no_grad():
-        t_tok = teacher.forward_features(x, full)
-        t_logits = teacher.forward_head(t_tok, full)
-    cfg = SitConfig()
-    out = forward_dense(student, x, full)
-    assert out.assign is None and torch.allclose(out.logits, t_logits)
-    _, parts = sit_loss(out, t_logits, t_tok, y, cfg, 1)
-    assert parts["kl"] == pytest.approx(0, abs=1e-6) and parts["token"] == pytest.approx(0, abs=1e-10)
-    out = forward_dense(student, x, slim)
+        t_feats = teacher.features(x, full)
+    out = student.features(x, full, track=True)
+    assert out.assign is None and torch.allclose(student.forward_head(out.tokens, full),
+                                                 teacher.forward_head(t_feats.tokens, full))
+    assert token_reconstruction(out, t_feats, 1).item() == pytest.approx(0, abs=1e-10)
+    assert token_reconstruction(out, None, 1) is None
+    out = student.features(x, slim, track=True)
     assert out.tokens.shape == (4, 1 + slim.tokens[-1] - 1, 64) and out.assign.shape == (4, 3, 16)
     assert torch.allclose(out.assign.sum(-1), torch.ones(4, 3))  # each final token mixes the patches
     with torch.no_grad():
-        assert torch.allclose(out.logits, student(x, slim), atol=1e-6)
-    loss, parts = sit_loss(out, t_logits, t_tok, y, cfg, 1)
-    loss.backward()
-    assert parts["token"] > 0 and student.blocks[1].tsm.fc2.weight.grad.abs().sum() > 0
+        assert torch.allclose(student.forward_head(out.tokens, slim), student(x, slim), atol=1e-6)
+    token = token_reconstruction(out, t_feats, 1)
+    token.backward()
+    assert token > 0 and student.blocks[1].tsm.fc2.weight.grad.abs().sum() > 0
 
 
-def test_train_sit_moves_the_slimming_modules_and_keeps_the_teacher():
+def test_sit_is_a_recipe_of_the_one_loop_and_moves_the_slimming_modules(tmp_path):
     teacher = tiny_model()
+    path = save_checkpoint(teacher, tmp_path / "teacher.safetensors", [str(i) for i in range(10)], Preprocess())
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    student = student_from_teacher(teacher)
-    tsm0 = student.blocks[1].tsm.fc2.weight.detach().clone()
-    data = digits("train").subset(np.arange(64))
-    logs = []
-    train_sit(student, teacher, data, VariantGrid((1.0,), (1.0, 0.5), (32,)), Preprocess(),
-              SitConfig(epochs=1, batch_size=32), log=logs.append)
-    assert not torch.equal(student.blocks[1].tsm.fc2.weight, tsm0)
+    tsm0 = student_from_teacher(teacher).blocks[1].tsm.fc2.weight.detach().clone()
+    assert RECIPES["sit"].needs_teacher and RECIPES["sit"].extra_losses == (token_reconstruction,)
+    cfg = TrainConfig(recipe="sit", teacher=str(path), epochs=1, batch_size=32, train_limit=64,
+                      widths=(1.0,), keep_rates=(1.0, 0.5), resolutions=(32,), lr=5e-4)
+    result = train(cfg)
+    student = result.model
+    assert student.cfg.token_reducer == "tsm" and not torch.equal(student.blocks[1].tsm.fc2.weight, tsm0)
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
-    assert logs[0]["token"] > 0 and np.isfinite(logs[0]["loss"])
+    assert np.isfinite(result.history[0]["loss"]) and set(result.accuracies) == {"w64_k100_r32", "w64_k50_r32"}
+    with pytest.raises(ConfigError, match="--teacher CHECKPOINT"):
+        train(TrainConfig(recipe="sit", epochs=1))
 
 
 def test_sit_cli_needs_a_teacher_and_the_tsm_reducer(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from calibration.data import Preprocess
 from exporter.checkpoints import load_model, save_checkpoint
 from exporter.errors import CheckpointError, ConfigError
 from exporter.nn.config import VariantGrid, ViTConfig
@@ -28,7 +29,7 @@ from exporter.training import (
     train,
     train_separate,
 )
-from exporter.training.loop import kl, run_members
+from exporter.training.loop import TeacherOutput, kl, run_members
 from tests.conftest import TINY, tiny_model
 
 # A quick run: 160 digits, batches of 32, 8 variants (2 widths x 2 keep rates x 32/24 px).
@@ -111,7 +112,7 @@ def test_teacher_loss_mixes_cross_entropy_and_kl_by_teacher_weight():
     s = model.subnet()
     plan = RECIPES["hydravit"](context(HEADS, VariantGrid((1.0,), (1.0,), (32,))))
     cfg = TrainConfig(teacher_weight=0.3, label_smoothing=0.0)
-    loss, _ = run_members(model, plan, {32: x}, y, cfg, t, amp=False)
+    loss, _ = run_members(model, plan, {32: x}, y, cfg, TeacherOutput(t), amp=False)
     with torch.no_grad():
         logits = model(x, s)
         want = 0.7 * torch.nn.functional.cross_entropy(logits, y) + 0.3 * kl(logits, t)
@@ -157,8 +158,13 @@ def test_every_recipe_trains_from_the_cli(recipe, tmp_path, monkeypatch, capsys)
     (tmp_path / "quick.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
                                                          for k, v in QUICK.items()}))
     out = tmp_path / "run"
+    teacher = []
+    if RECIPES[recipe].needs_teacher:  # sit: distils from (and starts from) a trained model
+        path = save_checkpoint(tiny_model(extra_resolutions=(24,)), tmp_path / "teacher.safetensors",
+                               [str(i) for i in range(10)], Preprocess())
+        teacher = ["--teacher", str(path)]
     code, stdout, err = cli(monkeypatch, capsys, "train", "--config", str(tmp_path / "quick.yaml"),
-                            "--recipe", recipe, "--out", str(out))
+                            "--recipe", recipe, "--out", str(out), *teacher)
     assert code == 0, err
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and log[-1]["step"] == 10

@@ -58,7 +58,7 @@ def test_structure_is_index_selected_within_budget_and_equals_the_masked_model(o
     with torch.no_grad():
         diff = (static(x) - masked_forward(model, hard_masks(model, st), x, st.token_positions)).abs().max()
     assert diff <= 1e-5
-    assert static.blocks[0].fc1.weight.shape == (dims[0].mlp_hidden, 64)  # physically smaller
+    assert static.blocks[0].mlp.fc1.weight.shape == (dims[0].mlp_hidden, 64)  # physically smaller
     assert static.blocks[1].attn.qkv.weight.shape == (3 * dims[1].num_heads * dims[1].head_dim, 64)
     assert param_count(spec) == sum(p.numel() for p in static.parameters())
     with FlopCounterMode(display=False) as counter, torch.no_grad():

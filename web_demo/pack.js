@@ -202,6 +202,34 @@ export class Pack {
     return out;
   }
 
+  /**
+   * Where a file lies in the pack as it is: [offset, length] when its op stream is one copy from a
+   * raw blob (each group's widest artifact; raw blobs start at multiples of 64), else null.
+   */
+  async region(path) {
+    const f = this.byPath.get(path);
+    if (!f) throw new PackError('format', `${this.name}: holds no file ${JSON.stringify(path)}`);
+    const ops = await this.ops(f);
+    if (ops.length !== 1 || ops[0][0] < 0 || this.blobs[ops[0][0]].codec !== 0) return null;
+    const [blob, offset, n] = ops[0];
+    return [this.dataStart + this.blobs[blob].offset + offset, n];
+  }
+
+  /**
+   * The file as a view of the pack's bytes (no copy; onnxruntime-web's InferenceSession.create
+   * takes it), its sha256 checked unless checkHash is false (checked once and recorded). Null
+   * when the file must be rebuilt with read().
+   */
+  async view(path, { checkHash = true } = {}) {
+    const where = await this.region(path);
+    if (!where) return null;
+    const out = this.bytes.subarray(where[0], where[0] + where[1]);
+    if (checkHash && await sha256Hex(out) !== this.byPath.get(path).sha256) {
+      throw new PackError('hash', `${this.name}: ${path} in the pack has another sha256 than the pack states`);
+    }
+    return out;
+  }
+
   /** Every file, all checked before any is returned (what an installer writes). */
   async readAll(paths = this.files.map((f) => f.path)) {
     for (const p of paths) { if (this.byPath.has(p)) await this.ops(this.byPath.get(p)); }
@@ -233,7 +261,8 @@ export class PackedBundle {
         if (f.size !== art.bytes || f.sha256 !== art.sha256) {
           throw new PackError('hash', `${art.path}: the pack rebuilds sha256 ${f.sha256}, the manifest says ${art.sha256}; refusing to load`);
         }
-        return this.pack.read(art.path);
+        // the widest artifact of a group lies in the pack as it is: a view, no copy
+        return (await this.pack.view(art.path)) ?? this.pack.read(art.path);
       })());
     }
     return this.cache.get(art.path);

@@ -1,4 +1,6 @@
-"""The export pipeline: slimmable model -> every variant -> validated artifacts -> manifest."""
+"""The export stages of one bundle: `ExportPlan` -> each variant extracted once and exported in
+every format and precision as `Artifact` objects -> `exporter.bundle.writer` -> a published
+bundle directory (crash-safe: staged, then swapped in whole)."""
 
 from __future__ import annotations
 
@@ -13,24 +15,23 @@ import numpy as np
 import torch
 
 from calibration.data import ImageSet
+from exporter.bundle.plan import ExportPlan
+from exporter.bundle.writer import VariantResult, write_bundle
 from exporter.checkpoints import LoadedModel
+from exporter.convert.artifact import Artifact
 from exporter.convert.cache import ArtifactCache, default_cache_dir, publish_bundle, stage_bundle
 from exporter.convert.cache_admin import max_bytes as cache_max_bytes
 from exporter.convert.cache_admin import prune as prune_cache
-from exporter.convert.formats import DIRECTORY_SUFFIXES, FORMATS, ExportFormat, get_format
-from exporter.convert.formats.onnx import INPUT_NAME, OUTPUT_NAME
+from exporter.convert.formats import FORMATS, ExportFormat
 from exporter.convert.quantize import QuantizeOptions, for_variant
 from exporter.convert.validate import check_artifact, validate_artifact
-from exporter.errors import ConfigError, SlimvitError
-from exporter.fileio import atomic_dir, atomic_path, sha256_file, sha256_tree, tree_bytes
+from exporter.errors import SlimvitError
+from exporter.fileio import atomic_dir, atomic_path
 from exporter.gate.files import dumps_strict
 from exporter.gate.outputs import check_out_dir
-from exporter.manifest import SCHEMA_VERSION, tool_version, write_manifest
+from exporter.manifest import SCHEMA_VERSION, tool_version
 from exporter.nn.config import Subnet, VariantGrid
-from exporter.nn.cost import mac_count, param_count
-from exporter.nn.extract import SubnetForward, extract_variant, static_spec
-from exporter.policy.spec import user_policy
-from exporter.policy.store import attach_policy
+from exporter.nn.extract import SubnetForward, extract_variant
 
 Progress = Callable[[str], None]
 VALIDATION_RANDOM, VALIDATION_REAL = 4, 4
@@ -59,21 +60,6 @@ def evaluate_artifact(fmt: ExportFormat, path: Path, reference: torch.nn.Module,
                     dataset, fmt.runtime_version())
 
 
-def variant_entry(loaded: LoadedModel, s: Subnet) -> dict[str, Any]:
-    spec = static_spec(loaded.model, s)
-    cfg = loaded.model.cfg
-    entry = {
-        "id": s.id, "width": round(s.width, 6), "embed_dim": s.embed_dim, "num_heads": s.num_heads,
-        "head_dim": s.head_dim, "mlp_hidden": s.mlp_hidden, "depth": cfg.depth,
-        "keep_rate": s.keep_rate, "resolution": s.resolution, "channels": s.channels,
-        "input_shape": [1, cfg.in_chans, s.resolution, s.resolution], "tokens": list(s.tokens),
-        "params": param_count(spec), "macs": mac_count(spec), "artifacts": [],
-    }
-    if getattr(loaded.model, "structure", None) is not None:  # ViT-Slim: sizes differ per layer
-        entry["structure"] = loaded.model.structure.describe()
-    return entry
-
-
 def artifact_metadata(loaded: LoadedModel, s: Subnet, layout: str = "NCHW") -> dict[str, str]:
 
     pre = loaded.preprocess
@@ -86,13 +72,15 @@ def artifact_metadata(loaded: LoadedModel, s: Subnet, layout: str = "NCHW") -> d
 
 
 def export_variant(loaded: LoadedModel, s: Subnet, fmt: ExportFormat, out: Path,
-                   real_inputs: np.ndarray | None, cache: ArtifactCache | None = None) -> dict[str, Any]:
-    """Export, validate and place one artifact; returns its manifest entry.
+                   real_inputs: np.ndarray | None, cache: ArtifactCache | None = None,
+                   module: torch.nn.Module | None = None) -> Artifact:
+    """Export, validate and place the FP32 artifact of one variant in one format.
 
     The file appears at its final path only after validation passed. With a ``cache``, the
     finished artifact is stored in it, and taken from it instead when it resumes an export.
+    ``module`` is the variant's static module when the caller extracted it already.
     """
-    module = extract_variant(loaded.model, s)
+    module = extract_variant(loaded.model, s) if module is None else module
     shape = (1, loaded.model.cfg.in_chans, s.resolution, s.resolution)
     example = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     checks = [np.random.default_rng(1).standard_normal((VALIDATION_RANDOM, *shape[1:])).astype(np.float32)]
@@ -106,8 +94,7 @@ def export_variant(loaded: LoadedModel, s: Subnet, fmt: ExportFormat, out: Path,
         metadata=metadata, validation=checks, path=rel.as_posix())
     if cache is not None and (done := cache.fetch(key, target)) is not None:
         return done
-    is_dir = fmt.suffix in DIRECTORY_SUFFIXES
-    with (atomic_dir if is_dir else atomic_path)(target) as tmp:
+    with (atomic_dir if fmt.directory else atomic_path)(target) as tmp:
         fmt.export(module, example, tmp, metadata)
         if fmt.can_run:
             # Compare against the slimmable model itself, not only the extracted module.
@@ -115,14 +102,10 @@ def export_variant(loaded: LoadedModel, s: Subnet, fmt: ExportFormat, out: Path,
             report = validate_artifact(fmt, tmp, reference, np.concatenate(checks), what=s.id)
         else:
             report = check_artifact(fmt, tmp, module, example, host=platform.system())
-    entry = {"format": fmt.name, "precision": "fp32", "path": rel.as_posix(),
-             "sha256": sha256_tree(target) if is_dir else sha256_file(target),
-             "bytes": tree_bytes(target), "validation": report.to_dict()}
-    if (delegation := fmt.delegation(target)) is not None:
-        entry["delegation"] = delegation
+    art = Artifact.placed(out, rel, fmt.name, "fp32", report.to_dict(), delegation=fmt.delegation(target))
     if cache is not None:
-        cache.store(key, target, entry)
-    return entry
+        cache.store(key, target, art)
+    return art
 
 
 class IncompleteBundleError(SlimvitError):
@@ -135,13 +118,12 @@ class IncompleteBundleError(SlimvitError):
 
 
 def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
-                  formats: Sequence[str] = ("onnx",), eval_set: ImageSet | None = None,
+                  formats: Sequence[str | ExportFormat] = ("onnx",), eval_set: ImageSet | None = None,
                   progress: Progress | None = None, bundle_version: int = 1,
                   quantize: QuantizeOptions | None = None,
                   policy: str | Path | dict[str, Any] | None = None, nhwc: bool = False,
-                  keep_going: bool = False,
-                  format_options: dict[str, dict[str, Any]] | None = None,
-                  resume: bool = False, cache_dir: str | Path | None = None) -> dict[str, Any]:
+                  keep_going: bool = False, resume: bool = False,
+                  cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Export every variant of ``grid`` in every format into the bundle directory ``out``.
 
     Crash-safe (docs/determinism.md): the bundle is written into a staging directory beside
@@ -152,7 +134,8 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         loaded: the slimmable model and its labels/preprocessing.
         grid: the variants to export.
         out: bundle directory (created; existing artifacts of the same names are replaced).
-        formats: registered format names.
+        formats: registered format names, or configured instances such as
+            ``CoreMLFormat(deployment_target="iOS16")``.
         eval_set: held-out images (in [0, 1]) for accuracy; also used in validation.
         progress: called with a short description before each artifact.
         bundle_version: the manifest's monotonically increasing bundle version.
@@ -160,14 +143,13 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
             a precision over its accuracy budget is left out and listed under ``calibration``.
         policy: a policy file or dict merged over the default switching policy
             (docs/policy.md); its conformance vectors go into the bundle too.
-        nhwc: export formats that offer it (tflite) with an NHWC input (``input.layouts``).
+        nhwc: export the named formats that offer it (tflite) with an NHWC input.
         keep_going: an artifact that fails to convert or validate is left out and the rest
             still complete; `IncompleteBundleError` lists the failures after the manifest is written.
-        format_options: per-format constructor options, e.g. ``{"coreml": {"deployment_target": "iOS16"}}``.
         resume: take artifacts a killed (or earlier) export finished from the artifact cache
             instead of exporting them again.
-        cache_dir: the artifact cache (default ``$SLIMVIT_CACHE_DIR`` or ``.NAME.slimvit-cache``
-            beside ``out``); every finished artifact is stored there.
+        cache_dir: the artifact cache (default `default_cache_dir`); every finished artifact
+            is stored there.
 
     Returns:
         The manifest written to ``out/manifest.json``.
@@ -179,77 +161,21 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
         IncompleteBundleError: with ``keep_going``, after writing the bundle without the failures.
     """
     final = check_out_dir(out, "bundle")  # before any work: never "", "/", a file, inside a bundle
-    fmts = [get_format(f, **_format_options(f, nhwc, format_options)) for f in dict.fromkeys(formats)]
-    policy = user_policy(policy)  # a bad policy file fails before any export work
-    subnets = loaded.model.subnets(grid)
-    if eval_set is not None and len(eval_set.class_names) not in (0, loaded.model.cfg.num_classes):
-        raise ConfigError(f"evaluation set has {len(eval_set.class_names)} classes but the model "
-                          f"has {loaded.model.cfg.num_classes}")
-    model = loaded.model.eval()
-    if quantize is not None:
-        quantize.check([f.name for f in fmts])
-    variants, excluded, failures = [], [], []
+    plan = ExportPlan.build(loaded, grid, formats, eval_set=eval_set, quantize=quantize, policy=policy,
+                            bundle_version=bundle_version, keep_going=keep_going, nhwc=nhwc)
+    return run_plan(plan, final, progress, resume, cache_dir)
+
+
+def run_plan(plan: ExportPlan, final: Path, progress: Progress | None = None, resume: bool = False,
+             cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Carry out ``plan`` into the bundle directory ``final`` (see `export_bundle`)."""
     cache_limit = cache_max_bytes()  # a bad $SLIMVIT_CACHE_MAX_MB fails before any work
     cache = ArtifactCache(cache_dir or default_cache_dir(final), resume)
+    failures: list[tuple[str, str, str]] = []
     out = stage_bundle(final)  # everything below writes here; `final` changes only at the end
     try:
-        for s in subnets:
-            entry = variant_entry(loaded, s)
-            real = None
-            if eval_set is not None:
-                real = loaded.preprocess(eval_set.images, s.resolution).numpy()
-            quant = None if quantize is None else for_variant(
-                quantize, loaded.preprocess, s.resolution, SubnetForward(model, s), real,
-                None if eval_set is None else eval_set.labels, "" if eval_set is None else eval_set.name)
-            for fmt in fmts:
-                if progress:
-                    progress(f"{s.id} {fmt.name}")
-                try:
-                    art = export_variant(loaded, s, fmt, out, real, cache)
-                except SlimvitError as e:
-                    if not keep_going:
-                        raise
-                    failures.append((s.id, fmt.name, str(e)))
-                    continue
-                if eval_set is not None and fmt.can_run:
-                    acc = evaluate_artifact(fmt, out / art["path"], SubnetForward(model, s), real,
-                                            eval_set.labels, eval_set.name)
-                    art["accuracy"] = acc.to_dict()
-                entry["artifacts"].append(art)
-                if quant is not None:
-                    qkey = cache.key(weights=loaded.weights_sha256, subnet=s, format=fmt.name, options=vars(fmt),
-                                     metadata=artifact_metadata(loaded, s, fmt.layout), quant=quant.opts,
-                                     calibration=quant.calibration,
-                                     eval=(quant.data.inputs, quant.data.labels, quant.data.name))
-                    done = cache.fetch_group(qkey, out)
-                    if done is None:
-                        done = quant.export(fmt, s.id, extract_variant(model, s), out / art["path"],
-                                            out, artifact_metadata(loaded, s, fmt.layout))
-                        cache.store_group(qkey, out, *done)
-                    arts, skipped = done
-                    entry["artifacts"] += arts
-                    excluded += skipped
-            variants.append(entry)
-        cfg = model.cfg
-        top = max(s.resolution for s in subnets)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "bundle_version": bundle_version,
-            "created_by": {"tool": "slimvit", "version": tool_version(),
-                           "runtimes": {f.name: f.runtime_version() for f in fmts} | {"torch": torch.__version__}},
-            "model": {"name": loaded.name, "source_format": loaded.source_format,
-                      "config": cfg.to_dict(), "weights_sha256": loaded.weights_sha256},
-            "input": {"name": INPUT_NAME, "shape": [1, cfg.in_chans, top, top], "layout": "NCHW",
-                      "layouts": {f.name: f.layout for f in fmts}, "dtype": "float32", "color": "RGB",
-                      **loaded.preprocess.describe()},
-            "output": {"name": OUTPUT_NAME, "shape": [1, cfg.num_classes], "kind": "logits"},
-            "labels": list(loaded.labels),
-            "variants": variants,
-        }
-        if quantize is not None:
-            manifest["calibration"] = quantize.describe(excluded)
-        attach_policy(manifest, out, policy)
-        write_manifest(out, manifest)
+        results = [export_subnet(plan, s, out, cache, failures, progress) for s in plan.subnets]
+        manifest = write_bundle(plan, results, out)
         publish_bundle(out, final)
         prune_cache(cache.root, cache_limit)  # keep the shared cache under its size limit
     except BaseException:  # a failed or interrupted export leaves no staging directory behind
@@ -260,11 +186,50 @@ def export_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | Path,
     return manifest
 
 
-def _format_options(name: str, nhwc: bool, options: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    opts = dict((options or {}).get(name, {}))
-    if nhwc and name in FORMATS and "NHWC" in FORMATS[name].layouts:
-        opts.setdefault("layout", "NHWC")
-    return opts
+def export_subnet(plan: ExportPlan, s: Subnet, out: Path, cache: ArtifactCache,
+                  failures: list[tuple[str, str, str]], progress: Progress | None = None) -> VariantResult:
+    """Every artifact of one variant: extracted once, exported and validated in each format,
+    measured on the evaluation set, then each precision beyond fp32 made from it.
+
+    A failing format raises, or with ``plan.keep_going`` is appended to ``failures``."""
+    loaded, model = plan.loaded, plan.loaded.model.eval()
+    module = extract_variant(model, s)
+    reference = SubnetForward(model, s)
+    ev = plan.eval_set
+    real = None if ev is None else loaded.preprocess(ev.images, s.resolution).numpy()
+    quant = None if plan.quantize is None else for_variant(
+        plan.quantize, loaded.preprocess, s.resolution, reference, real,
+        None if ev is None else ev.labels, "" if ev is None else ev.name)
+    result = VariantResult(s)
+    for fmt in plan.formats:
+        if progress:
+            progress(f"{s.id} {fmt.name}")
+        try:
+            art = export_variant(loaded, s, fmt, out, real, cache, module)
+        except SlimvitError as e:
+            if not plan.keep_going:
+                raise
+            failures.append((s.id, fmt.name, str(e)))
+            continue
+        if ev is not None and fmt.can_run:
+            acc = evaluate_artifact(fmt, out / art.path, reference, real, ev.labels, ev.name)
+            art = art.with_accuracy(acc.to_dict())
+        result.artifacts.append(art)
+        if quant is None:
+            continue
+        metadata = artifact_metadata(loaded, s, fmt.layout)
+        qkey = cache.key(weights=loaded.weights_sha256, subnet=s, format=fmt.name, options=vars(fmt),
+                         metadata=metadata, quant=quant.opts, calibration=quant.calibration,
+                         eval=(quant.data.inputs, quant.data.labels, quant.data.name))
+        done = cache.fetch_group(qkey, out)
+        if done is None:
+            done = quant.export(fmt, s.id, module, out / art.path, out, metadata)
+            cache.store_group(qkey, out, *done)
+        arts, skipped = done
+        result.artifacts += arts
+        result.excluded += skipped
+    return result
 
 
-__all__ = ["FORMATS", "IncompleteBundleError", "export_bundle", "export_variant", "evaluate_artifact", "tool_version"]
+__all__ = ["FORMATS", "ExportPlan", "IncompleteBundleError", "export_bundle", "export_subnet", "export_variant",
+           "evaluate_artifact", "run_plan", "tool_version"]

@@ -3,8 +3,10 @@ malformed packs each port must refuse with the same error class before writing a
 
 ``python -m exporter.bundle.pack_vectors conformance/pack_vectors.json`` writes them; the Kotlin, Swift
 and JS rebuilders and `tests/test_pack.py` read them. Every case has ``pack`` (base64), the caps
-``max_file_bytes`` / ``max_total_bytes``, and either ``files`` (path -> size, sha256) or ``error``
-(the ``PackError.code`` expected: format, truncated, range, cap, path, hash).
+``max_file_bytes`` / ``max_total_bytes``, and either ``files`` (path -> size, sha256) with ``regions``
+(path -> [offset, length] in the pack of each file stored as one copy of a raw blob, the rest
+null: what ``region`` answers; each offset a multiple of 64) or ``error`` (the ``PackError.code``
+expected: format, truncated, range, cap, path, hash).
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ def _expect_files(pack: bytes) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _expect_regions(pack: bytes) -> dict[str, list[int] | None]:
+    r = PackReader(pack)
+    return {f.path: (list(where) if (where := r.region(f.path)) else None) for f in r.files}
+
+
 def cases() -> list[dict[str, Any]]:
     hello = b"hello, pack"
     base = bytes(range(256)) * 4
@@ -93,6 +100,11 @@ def cases() -> list[dict[str, Any]]:
                    + base[84:100] + base[600:608], base=base, codec=CODEC_DEFLATE)),
         ("copy from the ops blob itself", _one_file(_insert(hello) + _copy(5, 1, 1), hello + hello[:5])),
         ("real encoder, slices and a directory artifact", _real(0)),
+        ("one copy of a DEFLATE blob: rebuilt, not in place",
+         write_pack([(CODEC_DEFLATE, _deflate(base), len(base)), (CODEC_RAW, _copy(len(base), 0, 0), 4)],
+                    [_file("a.bin", base, 1, 0, 4)])),
+        ("one copy from inside a raw blob: in place at its offset",
+         _one_file(_copy(128, 0, 64), base[64:192], base=base)),
     ]
     bad_sha = "00" * 32
     ops = _insert(hello)
@@ -135,7 +147,7 @@ def cases() -> list[dict[str, Any]]:
     out = []
     for name, pack in good:
         out.append({"name": name, "pack": base64.b64encode(pack).decode(), "max_file_bytes": BIG,
-                    "max_total_bytes": BIG, "files": _expect_files(pack)})
+                    "max_total_bytes": BIG, "files": _expect_files(pack), "regions": _expect_regions(pack)})
     for name, pack, code, caps in bad:
         out.append({"name": name, "pack": base64.b64encode(pack).decode(),
                     "max_file_bytes": caps.get("max_file_bytes", BIG),

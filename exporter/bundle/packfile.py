@@ -197,6 +197,33 @@ class PackReader:
             raise PackError("range", f"{self.name}: {f.path}: ops write {written} bytes, not its declared {f.size}")
         return out
 
+    def region(self, path: str) -> tuple[int, int] | None:
+        """Where a file lies in the pack file as it is: (offset, length) when its op stream is one
+        copy from a raw blob (each group's widest artifact), else None (it must be rebuilt).
+
+        The bytes there are not checked yet: hash them (`view`) or trust a check recorded at
+        install time before a runtime opens them."""
+        f = self.by_path.get(path)
+        if f is None:
+            raise PackError("format", f"{self.name}: holds no file {path!r}")
+        ops = self.ops(f)
+        if len(ops) != 1 or ops[0][0] < 0 or self.blobs[ops[0][0]].codec != CODEC_RAW:
+            return None
+        blob, offset, n = ops[0]
+        return self._data_start + self.blobs[blob].offset + offset, n
+
+    def view(self, path: str, *, check_hash: bool = True) -> memoryview | None:
+        """The file as a read-only view of the mapped pack (no copy), when `region` finds it in
+        place; its sha256 is checked against the header unless ``check_hash`` is False (a caller
+        that verified it once at install time and recorded that). None: use `read`."""
+        where = self.region(path)
+        if where is None:
+            return None
+        out = self._data[where[0]:where[0] + where[1]]
+        if check_hash and hashlib.sha256(out).hexdigest() != self.by_path[path].sha256:
+            raise PackError("hash", f"{self.name}: {path} in the pack has another sha256 than the pack states")
+        return out
+
     def read(self, path: str) -> bytes:
         """Rebuild one file and check its size and sha256 against the header."""
         f = self.by_path.get(path)
@@ -291,17 +318,39 @@ def zigzag(n: int) -> int:
     return n * 2 if n >= 0 else -n * 2 - 1
 
 
-def write_pack(blobs: list[tuple[int, bytes, int]], files: list[PackedFile]) -> bytes:
-    """Serialize: ``blobs`` as (codec, stored bytes, decoded size), ``files`` in order."""
-    head = bytearray(varint(len(blobs)))
-    offset = 0
-    for codec, stored, size in blobs:
-        head += bytes([codec]) + varint(offset) + varint(len(stored)) + varint(size)
-        offset += len(stored)
-    head += varint(len(files))
-    for f in files:
-        p = f.path.encode("utf-8")
-        head += varint(len(p)) + p + varint(f.size) + bytes.fromhex(f.sha256)
-        head += varint(f.ops_blob) + varint(f.ops_offset) + varint(f.ops_len)
-    return b"".join([MAGIC, bytes([VERSION]), len(head).to_bytes(4, "little"), bytes(head),
-                     *(stored for _, stored, _ in blobs)])
+ALIGN = 64  # raw blobs start at a multiple of this in the file: a runtime can map one in place
+
+
+def write_pack(blobs: list[tuple[int, bytes, int]], files: list[PackedFile], align: int = ALIGN) -> bytes:
+    """Serialize: ``blobs`` as (codec, stored bytes, decoded size), ``files`` in order.
+
+    Every raw blob starts at a multiple of ``align`` bytes from the start of the file (zero bytes
+    pad the gaps; a reader never looks at them), so a file stored as one copy of a raw blob (the
+    widest variant of each group) can be handed to a runtime as a mapped region, no copy
+    (`PackReader.region`). The header's length depends on the offsets it holds and they on it:
+    iterate to the fixed point (two or three rounds)."""
+    start = PREAMBLE
+    for _ in range(32):
+        offsets, end = [], 0
+        for codec, stored, _size in blobs:
+            if codec == CODEC_RAW and align > 1 and stored:
+                end += -(start + end) % align
+            offsets.append(end)
+            end += len(stored)
+        head = bytearray(varint(len(blobs)))
+        for (codec, stored, size), offset in zip(blobs, offsets, strict=True):
+            head += bytes([codec]) + varint(offset) + varint(len(stored)) + varint(size)
+        head += varint(len(files))
+        for f in files:
+            p = f.path.encode("utf-8")
+            head += varint(len(p)) + p + varint(f.size) + bytes.fromhex(f.sha256)
+            head += varint(f.ops_blob) + varint(f.ops_offset) + varint(f.ops_len)
+        if PREAMBLE + len(head) == start:
+            break
+        start = PREAMBLE + len(head)
+    else:  # pragma: no cover - the offsets grow by less than ``align`` per round
+        raise ValueError("pack header length did not settle")
+    data = bytearray(end)
+    for (_codec, stored, _size), offset in zip(blobs, offsets, strict=True):
+        data[offset:offset + len(stored)] = stored
+    return b"".join([MAGIC, bytes([VERSION]), len(head).to_bytes(4, "little"), bytes(head), bytes(data)])

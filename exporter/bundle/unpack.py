@@ -128,12 +128,10 @@ def verify_pack(pack: str | Path, public_key: str | Path | None = None, **option
         except PackError as e:
             report.problems.append(str(e))
             return report
-        inner = verify_bundle(Path(tmp) / "bundle", public_key, **options)
+        inner = verify_bundle(Path(tmp) / "bundle", public_key, absent=left_out, **options)
     prefix = f"({str(Path(tmp) / 'bundle')}"
-    for p in inner.problems:
-        if "missing from the bundle" in p and any(f"({path!r})" in p for path in left_out):
-            continue
-        report.problems.append(p.replace(str(Path(tmp) / "bundle"), str(pack)).replace(prefix, "("))
+    report.problems += [p.replace(str(Path(tmp) / "bundle"), str(pack)).replace(prefix, "(")
+                        for p in inner.problems]
     if left_out:
         report.warnings.append(f"{len(left_out)} artifact(s) of the manifest are not in this pack (packed with "
                                f"filters); an app must not select them")

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from exporter.bundle.keys import SIGNATURE_NAME, load_public_key, signature_problems
+from exporter.convert.formats import FORMATS
 from exporter.errors import SlimvitError
 from exporter.fileio import sha256_file, sha256_tree
 from exporter.gate.files import InputError, loads_strict
@@ -41,15 +43,6 @@ class Limits:
     artifact_bytes: int = 2 << 30
     bundle_bytes: int = 8 << 30
     tree_files: int = 10_000  # files inside one directory artifact (.mlpackage)
-
-
-# The oldest runtimes the apps ship (docs/security.md). An artifact that needs a newer one loads
-# in our tests but fails on the phone, so it is a verification problem, not a warning.
-EXECUTORCH_SCHEMA = b"ET12"  # the .pte flatbuffer identifier ExecuTorch 1.x writes and loads
-ONNX_OPSET = (17, 21)  # onnxruntime >= 1.18 (opset 21, IR 10); 17 is the oldest we export
-ONNX_IR_VERSION = (8, 10)
-COREML_SPEC_VERSION = (7, 9)  # iOS 16 .. iOS 18
-TFLITE_SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -75,7 +68,7 @@ class VerifyReport:
 
 def verify_bundle(bundle: str | Path, public_key: str | Path | None = None, *,
                   min_bundle_version: int | None = None, now: datetime | None = None,
-                  limits: Limits = Limits()) -> VerifyReport:
+                  limits: Limits = Limits(), absent: Collection[str] = ()) -> VerifyReport:
     """Check a bundle the way an app must before loading it; never raises for a bad bundle.
 
     Args:
@@ -84,6 +77,8 @@ def verify_bundle(bundle: str | Path, public_key: str | Path | None = None, *,
         min_bundle_version: the newest ``bundle_version`` seen before; an older one is a rollback.
         now: the time expiry is checked against (default: the current UTC time).
         limits: size caps.
+        absent: artifact paths the caller knows are left out (a pack made with filters): their
+            absence is no problem (the caller says so); anything else about them still is.
 
     Returns:
         A report whose ``problems`` lists every failed check (empty when the bundle is good).
@@ -111,7 +106,7 @@ def verify_bundle(bundle: str | Path, public_key: str | Path | None = None, *,
         return report
     report.problems += _version_problems(manifest, min_bundle_version, now, report)
     report.problems += [f"schema: {p}" for p in schema_problems(manifest)]
-    listed = _check_artifacts(root, manifest, limits, report)
+    listed = _check_artifacts(root, manifest, limits, report, frozenset(absent))
     named = {a["path"] for _, a in _artifacts(manifest) if isinstance(a.get("path"), str)}
     _walk_bundle(root, listed, named, report)
     return report
@@ -205,7 +200,7 @@ def _artifacts(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _check_artifacts(root: Path, manifest: dict[str, Any], limits: Limits,
-                     report: VerifyReport) -> set[str]:
+                     report: VerifyReport, absent: frozenset[str] = frozenset()) -> set[str]:
     listed: set[str] = set()
     total = 0
     ids = [v.get("id") for v in manifest.get("variants", []) if isinstance(v, dict)] \
@@ -215,6 +210,8 @@ def _check_artifacts(root: Path, manifest: dict[str, Any], limits: Limits,
     for label, art in _artifacts(manifest):
         rel = art.get("path")
         problems = path_problems(root, rel)
+        if problems == [MISSING] and rel in absent:
+            continue  # left out on purpose (a filtered pack); a safe path, just not here
         if not problems and rel in listed:
             problems = ["listed twice"]
         if problems:
@@ -226,6 +223,9 @@ def _check_artifacts(root: Path, manifest: dict[str, Any], limits: Limits,
     if total > limits.bundle_bytes:
         report.problems.append(f"artifacts hold {total} bytes, over the {limits.bundle_bytes} bundle cap")
     return listed
+
+
+MISSING = "missing from the bundle"  # the one problem `absent` excuses
 
 
 def path_problems(root: Path, rel: Any) -> list[str]:
@@ -247,7 +247,7 @@ def path_problems(root: Path, rel: Any) -> list[str]:
         try:
             st = os.lstat(here)
         except FileNotFoundError:
-            return ["missing from the bundle"]
+            return [MISSING]
         except OSError as e:
             return [f"cannot be read ({e.strerror})"]
         if stat.S_ISLNK(st.st_mode):
@@ -302,82 +302,15 @@ def _tree_digest(path: Path, limits: Limits) -> tuple[int, str | None, str | Non
 
 
 def runtime_problems(path: Path, fmt: Any) -> list[str]:
-    """Whether the artifact needs a newer runtime than the apps ship (see the limits above)."""
+    """Whether the artifact needs a newer runtime than the apps ship: each format's own check
+    (`ExportFormat.runtime_problems`, docs/security.md); an unknown format has none."""
+    cls = FORMATS.get(fmt) if isinstance(fmt, str) else None
+    if cls is None:
+        return []
     try:
-        if fmt == "onnx":
-            return _onnx_problems(path)
-        if fmt == "tflite":
-            return _tflite_problems(path)
-        if fmt == "coreml":
-            return _coreml_problems(path)
-        if fmt == "executorch":
-            return _executorch_problems(path)
+        return cls.runtime_problems(path)
     except (OSError, ValueError, IndexError) as e:
         return [f"cannot read its {fmt} header ({e})"]
-    return []
-
-
-def _in_range(what: str, value: int, lo_hi: tuple[int, int]) -> list[str]:
-    lo, hi = lo_hi
-    if lo <= value <= hi:
-        return []
-    return [f"{what} {value} is outside {lo}..{hi}, what the apps' runtimes load (docs/security.md)"]
-
-
-def _onnx_problems(path: Path) -> list[str]:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises its own DecodeError
-        return [f"not a readable ONNX model ({type(e).__name__})"]
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None:
-        return ["ONNX model imports no default opset"]
-    return _in_range("ONNX opset", opset, ONNX_OPSET) + _in_range("ONNX IR version", model.ir_version,
-                                                                   ONNX_IR_VERSION)
-
-
-def _tflite_problems(path: Path) -> list[str]:
-    with open(path, "rb") as f:
-        head = f.read(64 << 10)
-    if len(head) < 8 or head[4:8] != b"TFL3":
-        return ["not a TFLite flatbuffer (no TFL3 identifier)"]
-    # Model.version is field 0 of the root table: root offset -> table -> vtable -> field.
-    table = int.from_bytes(head[0:4], "little")
-    vtable = table - int.from_bytes(head[table:table + 4], "little", signed=True)
-    off = int.from_bytes(head[vtable + 4:vtable + 6], "little")
-    version = int.from_bytes(head[table + off:table + off + 4], "little") if off else 0
-    if version != TFLITE_SCHEMA_VERSION:
-        return [f"TFLite schema version {version}, the apps read {TFLITE_SCHEMA_VERSION}"]
-    return []
-
-
-def _executorch_problems(path: Path) -> list[str]:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    # The program flatbuffer's file identifier names its schema version; runtime 1.x loads ET12.
-    if len(head) < 8 or head[4:8] != EXECUTORCH_SCHEMA:
-        return [f"not an ExecuTorch {EXECUTORCH_SCHEMA.decode()} program (identifier {head[4:8]!r})"]
-    return []
-
-
-def _coreml_problems(path: Path) -> list[str]:
-    spec = next(iter(path.rglob("*.mlmodel")), None) if path.is_dir() else path
-    if spec is None:
-        return ["Core ML package holds no .mlmodel spec"]
-    with open(spec, "rb") as f:
-        head = f.read(16)
-    # Model.specificationVersion is protobuf field 1, a varint, written first.
-    if not head or head[0] != 0x08:
-        return ["Core ML spec does not start with specificationVersion"]
-    version, shift = 0, 0
-    for b in head[1:]:
-        version |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            break
-    return _in_range("Core ML specificationVersion", version, COREML_SPEC_VERSION)
 
 
 def _walk_bundle(root: Path, listed: set[str], named: set[str], report: VerifyReport) -> None:

@@ -30,7 +30,7 @@ from exporter.commands.common import (
     say,
 )
 from exporter.convert.formats import FORMATS
-from exporter.convert.quantize.registry import precision_names
+from exporter.convert.quantize.registry import SENSITIVE_OPS, precision_names
 from exporter.demo import DEMO_FORMATS, DEMO_GRID, DEMO_MODEL, DEMO_TRAIN, run_demo
 from exporter.gate.outputs import check_out_dir
 from exporter.nn.grid_notes import width_notes
@@ -95,6 +95,9 @@ def export(checkpoint: CheckpointArg,
            int8_target: Annotated[str, typer.Option(
                "--int8-target", help="CPU int8 recipes are tuned for: arm-dotprod (phones), x86-vnni, "
                                      "x86-avx2 or portable.")] = "arm-dotprod",
+           float_ops: Annotated[str, typer.Option(
+               "--float-ops", help=f"Op kinds every quantized artifact keeps in float from the first try "
+                                   f"({', '.join(SENSITIVE_OPS)}); the retry adds the rest.")] = "",
            policy: Annotated[Path | None, typer.Option(
                "--policy", help="Switching policy (JSON/YAML) merged over the default; docs/policy.md.")] = None,
            nhwc: Annotated[bool, typer.Option("--nhwc", help="TFLite input in NHWC (camera) layout.")] = False,
@@ -125,7 +128,7 @@ def export(checkpoint: CheckpointArg,
                 calibration_method=calibration_method, max_drop=max_drop / 100,
                 warn=lambda m: say("warning:", m), policy=policy,
                 nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target, resume=resume,
-                cache_dir=cache_dir, int8_target=int8_target)
+                cache_dir=cache_dir, int8_target=int8_target, float_ops=float_ops)
     except IncompleteBundleError as e:  # --keep-going: show what was written, then the failures
         out_console.print(variant_table(e.manifest, f"bundle {out} (incomplete)"))
         for variant, fmt, why in e.failures:

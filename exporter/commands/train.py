@@ -1,4 +1,4 @@
-"""`slimvit train`: one slimmable ViT per recipe (or SiT's token slimming with `--recipe sit`)."""
+"""`slimvit train`: one slimmable ViT per recipe (SiT's token slimming is the recipe `sit`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from exporter.errors import ConfigError, check_choice
 from exporter.gate.outputs import check_out_dir
 from exporter.nn.config import parse_floats, parse_ints
 from exporter.training import RECIPES, SeparateResult, run_training
-from exporter.training.sit import SitConfig, run_sit
+
+# SiT fine-tunes a trained teacher: its own defaults where the flags are not given.
+SIT_DEFAULTS = {"widths": (1.0,), "epochs": 10, "lr": 5e-4}
 
 
 @app.command()
@@ -22,7 +24,7 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the checkpoint, logs and state.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="'digits' or an ImageFolder directory.")] = None,
     recipe: Annotated[str | None, typer.Option(
-        "--recipe", help=f"{', '.join(RECIPES)}, or sit (SiT token slimming; needs --teacher).")] = None,
+        "--recipe", help=f"{', '.join(RECIPES)} (sit: SiT token slimming, needs --teacher).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML or TOML file; flags override it.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="A run folder (or its state.pt) to continue.")] = None,
@@ -40,13 +42,19 @@ def train(
     """Train one slimmable ViT whose every variant works (or, with --separate, one per width)."""
     if out is not None:
         check_out_dir(out, "train", inputs=(config, teacher, dataset if dataset not in (None, "digits") else None))
-    if recipe == "sit" or token_reducer is not None:
-        return train_sit(out, teacher, token_reducer, recipe, epochs, lr, batch_size, seed, widths, keep_rates)
     overrides = dict(dataset=dataset, recipe=recipe, epochs=epochs, teacher=teacher, lr=lr,
                      batch_size=batch_size, seed=seed,
                      widths=parse_floats(widths, "--widths") if widths else None,
                      keep_rates=parse_floats(keep_rates, "--keep-rates") if keep_rates else None,
                      resolutions=parse_ints(resolutions, "--resolutions") if resolutions else None)
+    if token_reducer is not None:
+        check_choice("token reducer", token_reducer, ("topk", "tsm"))
+        if recipe != "sit":
+            raise ConfigError("--token-reducer picks the SiT student's token reduction: use it with --recipe sit "
+                              "(or set model.token_reducer in --config)")
+        overrides["model"] = {"token_reducer": token_reducer}
+    if recipe == "sit" and config is None:  # a config file's values (or omissions) are kept as they are
+        overrides |= {k: v for k, v in SIT_DEFAULTS.items() if overrides.get(k) is None}
     with Progress(TextColumn("{task.description}", markup=False, style="bold"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[stats]}", markup=False), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("train", total=None, stats="")
@@ -78,26 +86,3 @@ def train(
     out_console.print(table)
     if out is not None:
         console.print(f"checkpoint, log.jsonl, config.yaml, state.pt: {out}")
-
-
-def train_sit(out: Path | None, teacher: str | None, token_reducer: str | None, recipe: str | None,
-              epochs: int | None, lr: float | None, batch_size: int | None, seed: int | None,
-              widths: str | None, keep_rates: str | None) -> None:
-    """`slimvit train --recipe sit --token-reducer tsm --teacher CKPT`: SiT on the built-in digits."""
-    check_choice("token reducer", token_reducer or "tsm", ("topk", "tsm"))
-    if recipe != "sit" or token_reducer != "tsm" or not teacher or out is None:
-        raise ConfigError("SiT training is --recipe sit --token-reducer tsm --teacher CHECKPOINT --out DIR "
-                           f"(got recipe {recipe}, token reducer {token_reducer}, teacher {teacher}, out {out})")
-    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    cfg = SitConfig(**{k: v for k, v in given.items() if v is not None})
-    result = run_sit(teacher, out, parse_floats(keep_rates or "1.0,0.7,0.5", "--keep-rates"),
-                   parse_floats(widths or "1.0", "--widths"), cfg,
-                   log=lambda r: console.print(f"sit epoch {r['epoch']}: loss {r['loss']:.3f} (ce {r['ce']:.3f}, "
-                                               f"kl {r['kl']:.3f}, token {r['token']:.4f})", highlight=False))
-    table = Table(title="held-out top-1 per variant (SiT, Token Slimming Modules)")
-    table.add_column("variant")
-    table.add_column("top-1", justify="right")
-    for k, v in result.accuracies.items():
-        table.add_row(k, f"{100 * v:.1f}%")
-    out_console.print(table)
-    console.print(f"checkpoint: {result.checkpoint}", highlight=False)

@@ -26,9 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from exporter.convert.artifact import Artifact
 from exporter.convert.cache_admin import touch
 from exporter.convert.formats import DIRECTORY_SUFFIXES
-from exporter.fileio import atomic_write_json, sha256_file, sha256_tree
+from exporter.fileio import atomic_write_json, sha256_path
 from exporter.gate.files import dumps_strict
 
 CACHE_ENV = "SLIMVIT_CACHE_DIR"
@@ -88,34 +89,34 @@ class ArtifactCache:
     def _dir(self, key: str) -> Path:
         return self.root / key[:2] / key
 
-    def fetch(self, key: str, target: Path) -> dict[str, Any] | None:
-        """With ``resume``: place the cached artifact at ``target`` and return its manifest
-        entry; None on a miss, or when the cached copy no longer matches its hash."""
+    def fetch(self, key: str, target: Path) -> Artifact | None:
+        """With ``resume``: place the cached artifact at ``target`` and return it; None on a
+        miss, or when the cached copy no longer matches its hash."""
         if not self.resume:
             return None
         d = self._dir(key)
         try:
             entry = json.loads((d / ENTRY_NAME).read_text())
-            src = d / entry["file"]
+            src, art = d / entry["file"], Artifact.from_manifest(entry["manifest"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not src.exists() or _digest(src) != entry["manifest"]["sha256"]:
+        if not src.exists() or sha256_path(src) != art.sha256:
             return None  # damaged cache entry: export again
         _place(src, target)
         touch(d)
         self.hits.append(key)
-        return entry["manifest"]
+        return art
 
-    def store(self, key: str, artifact: Path, entry: dict[str, Any]) -> None:
-        """Copy a finished artifact and its manifest entry into the cache (atomically)."""
+    def store(self, key: str, path: Path, art: Artifact) -> None:
+        """Copy a finished artifact (placed at ``path``) into the cache (atomically)."""
         tmp = self._staging(key)
         if tmp is None:
             return
-        if artifact.is_dir():
-            shutil.copytree(artifact, tmp / artifact.name)
+        if path.is_dir():
+            shutil.copytree(path, tmp / path.name)
         else:
-            shutil.copy2(artifact, tmp / artifact.name)
-        self._commit(key, tmp, {"file": artifact.name, "manifest": entry})
+            shutil.copy2(path, tmp / path.name)
+        self._commit(key, tmp, {"file": path.name, "manifest": art.to_manifest()})
 
     def _staging(self, key: str) -> Path | None:
         """A fresh temporary directory for entry ``key``, or None when it is already cached."""
@@ -138,19 +139,20 @@ class ArtifactCache:
         self.stored.append(key)
 
 
-    def fetch_group(self, key: str, out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    def fetch_group(self, key: str, out: Path) -> tuple[list[Artifact], list[dict[str, Any]]] | None:
         """With ``resume``: place a cached group of artifacts (a variant's quantized precisions)
-        under ``out``; returns their manifest entries and the precisions left out, or None."""
+        under ``out``; returns them and the precisions left out, or None."""
         if not self.resume:
             return None
         d = self._dir(key)
         try:
             doc = json.loads((d / ENTRY_NAME).read_text())
-            arts, excluded = list(doc["artifacts"]), list(doc["excluded"])
-            files = [(d / "files" / a["path"], out / a["path"], a["sha256"]) for a in arts]
-        except (OSError, ValueError, KeyError, TypeError):
+            arts = [Artifact.from_manifest(a) for a in doc["artifacts"]]
+            excluded = list(doc["excluded"])
+            files = [(d / "files" / a.path, out / a.path, a.sha256) for a in arts]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not all(src.exists() and _digest(src) == digest for src, _, digest in files):
+        if not all(src.exists() and sha256_path(src) == digest for src, _, digest in files):
             return None
         for src, dst, _ in files:
             _place(src, dst)
@@ -158,17 +160,17 @@ class ArtifactCache:
         self.hits.append(key)
         return arts, excluded
 
-    def store_group(self, key: str, out: Path, arts: list[dict[str, Any]],
+    def store_group(self, key: str, out: Path, arts: list[Artifact],
                     excluded: list[dict[str, Any]]) -> None:
         """Copy a group of finished artifacts (paths relative to ``out``) into the cache."""
         tmp = self._staging(key)
         if tmp is None:
             return
         for a in arts:
-            src, dst = out / a["path"], tmp / "files" / a["path"]
+            src, dst = out / a.path, tmp / "files" / a.path
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
-        self._commit(key, tmp, {"artifacts": arts, "excluded": excluded})
+        self._commit(key, tmp, {"artifacts": [a.to_manifest() for a in arts], "excluded": excluded})
 
 
 def stage_bundle(final: Path) -> Path:
@@ -286,10 +288,6 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _digest(path: Path) -> str:
-    return sha256_tree(path) if path.is_dir() else sha256_file(path)
 
 
 def _alive(pid: int) -> bool:

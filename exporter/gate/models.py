@@ -105,6 +105,7 @@ class TrainNumbersIn(BaseModel):
     full_only_epochs: _int(0, limits.MAX_EPOCHS) = 1
     teacher: StrictStr | None = None
     teacher_weight: _float(0, 1) = 0.5
+    token_weight: _float(0, 100) = 1.0
 
 
 def one_line(e: PydanticError, max_errors: int = 3) -> str:

@@ -56,14 +56,20 @@ def _ort_version() -> str:
     return ort.__version__
 
 
-def _ort_load(path: Path, threads: int) -> Invoke:
-    import onnxruntime as ort
+def ort_session(path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
+    """The one ONNX Runtime session set-up (CPU, ``threads`` intra-op, quiet): measured here and
+    used by `exporter.convert.formats.onnx` for validation and accuracy."""
+    import onnxruntime as ort  # the runtime being measured: imported in the measurement
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _ort_load(path: Path, threads: int) -> Invoke:
+    sess = ort_session(path, threads)
     feeds = {i.name: _random_input(i.shape, _ORT_DTYPES.get(i.type, np.float32)) for i in sess.get_inputs()}
     return lambda: sess.run(None, feeds)
 

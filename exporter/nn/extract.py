@@ -27,16 +27,11 @@ def static_spec(model: SlimmableViT, s: Subnet) -> StaticSpec:
     )
 
 
-# `StaticViT` names that differ from timm's: its patch embedding is the conv itself and its
-# blocks hold fc1/fc2 directly (the exported graphs keep these names).
-STATIC_NAMES = {"patch_embed.proj.": "patch_embed.", "mlp.fc1.": "fc1.", "mlp.fc2.": "fc2."}
-
-
 @torch.no_grad()
 def variant_state_dict(model: SlimmableViT, s: Subnet) -> dict[str, Tensor]:
-    """The weights of subnet ``s`` (`SlimmableViT.active`, the one slicing) under `StaticViT`'s
-    names, with two folds a static graph can afford: the attention scale into the q rows, and the
-    prefix tokens' positions into one constant."""
+    """The weights of subnet ``s`` (`SlimmableViT.active`, the one slicing) under timm's names,
+    which `StaticViT` keeps, with two folds a static graph can afford: the attention scale into
+    the q rows, and the prefix tokens' positions into one constant."""
     cfg, d = model.cfg, s.embed_dim
     w = model.active(s)
     n_prefix = cfg.num_prefix_tokens
@@ -51,8 +46,6 @@ def variant_state_dict(model: SlimmableViT, s: Subnet) -> dict[str, Tensor]:
             t = t * q_scale[:, None]
         elif name.endswith("attn.qkv.bias"):
             t = t * q_scale
-        for old, new in STATIC_NAMES.items():
-            name = name.replace(old, new)
         sd[name] = t
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
 

@@ -1,13 +1,15 @@
 """The slimmable ViT: timm's `VisionTransformer` parameter names and shapes, with a forward
 that runs any subnet (width x keep rate x resolution) by slicing the full weights.
 
-Read top to bottom: slicing rules -> shared token ops -> Attention -> MLP -> Block -> model.
+Read top to bottom: slicing rules -> Attention -> MLP -> Block -> model (the token ops both the
+slimmable and the static model run are in `exporter.nn.tokens`).
 Shapes: B batch, N tokens, D full embed dim, d subnet embed dim, H heads, hd head dim.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 
 from exporter.errors import ConfigError
 from exporter.nn.config import Subnet, Variant, VariantGrid, ViTConfig, block_keeps, resolve
+from exporter.nn.tokens import attention, prune_tokens, slim_tokens
 
 # --------------------------------------------------------------------------- slicing rules
 
@@ -49,64 +52,6 @@ def resample_pos_embed(pos: Tensor, n_prefix: int, new_grid: int) -> Tensor:
     return torch.cat([prefix, grid], dim=1)
 
 
-# --------------------------------------------------------------------------- shared token ops
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """Plain softmax attention on 4-D tensors (B, H, N, hd); q is already scaled.
-
-    Returns the output (B, H, N, hd) and the probabilities (B, H, N, N), which token pruning
-    ranks by. Written out (no fused SDPA) so every exporter sees the same rank-4 ops.
-    """
-    attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-    return attn @ v, attn
-
-
-def prune_tokens(x: Tensor, attn: Tensor, n_keep: int, n_prefix: int, fuse: bool) -> Tensor:
-    """Keep the ``n_keep`` patch tokens the CLS token attends to most (EViT / SuperViT).
-
-    Args:
-        x: tokens (B, N, C), prefix tokens (CLS, dist) first.
-        attn: attention probabilities (B, H, N, N) of the same block.
-        n_keep: patch tokens to keep (static).
-        n_prefix: number of prefix tokens, never pruned.
-        fuse: append the attention-weighted average of the dropped tokens as one token.
-    """
-    B, N, C = x.shape
-    cls_attn = attn[:, :, 0, n_prefix:].mean(dim=1)  # (B, N-p)
-    if fuse:
-        order = cls_attn.topk(N - n_prefix, dim=1).indices  # (B, N-p) descending
-        keep_idx, drop_idx = order[:, :n_keep], order[:, n_keep:]
-    else:
-        keep_idx = cls_attn.topk(n_keep, dim=1).indices  # (B, k)
-    patches = x[:, n_prefix:]
-    kept = patches.gather(1, keep_idx.unsqueeze(-1).expand(B, n_keep, C))  # (B, k, C)
-    parts = [x[:, :n_prefix], kept]
-    if fuse:
-        n_drop = N - n_prefix - n_keep
-        dropped = patches.gather(1, drop_idx.unsqueeze(-1).expand(B, n_drop, C))  # (B, m, C)
-        w = cls_attn.gather(1, drop_idx).unsqueeze(-1)  # (B, m, 1)
-        parts.append((dropped * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True))
-    return torch.cat(parts, dim=1)
-
-
-def slim_tokens(x: Tensor, logits: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
-    """SiT's token slimming: each output token is a softmax-weighted sum of the patch tokens.
-
-    Args:
-        x: tokens (B, N, C), prefix tokens first (they pass through unchanged).
-        logits: the TSM's scores (B, N-p, k), one column per output token.
-        n_prefix: number of prefix tokens.
-
-    Returns:
-        The tokens (B, p+k, C) and the aggregation weights (B, N-p, k). Only a softmax and a
-        matmul: static shapes, no top-k, no gather.
-    """
-    weights = logits.softmax(dim=1)  # (B, N-p, k), a distribution over input tokens per output
-    slim = weights.transpose(1, 2) @ x[:, n_prefix:]  # (B, k, C)
-    return torch.cat([x[:, :n_prefix], slim], dim=1), weights
-
-
 # --------------------------------------------------------------------------- modules
 
 
@@ -127,12 +72,15 @@ class Attention(nn.Module):
             w["qkv.bias"] = self.qkv.bias[rows]
         return w
 
-    def forward(self, x: Tensor, s: Subnet) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, s: Subnet, gate: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``gate`` (H, hd) scales each head dim of q and v (ViT-Slim's search masks)."""
         B, N, d = x.shape
         w = self.active(s)
         qkv = F.linear(x, w["qkv.weight"], w.get("qkv.bias"))  # (B, N, 3d)
         qkv = qkv.view(B, N, 3 * s.num_heads, s.head_dim).transpose(1, 2)  # (B, 3H, N, hd)
         q, k, v = qkv.chunk(3, dim=1)  # each (B, H, N, hd)
+        if gate is not None:  # a dim out of q drops its q.k term, out of v its output
+            q, v = q * gate[None, :, None, :], v * gate[None, :, None, :]
         # The scale stays 1/sqrt(full head dim) at every width (HydraViT: fixed head dim;
         # Scala: its sliced forward keeps the full model's scale).
         out, attn = attention(q * self.cfg.head_dim ** -0.5, k, v)
@@ -153,9 +101,12 @@ class Mlp(nn.Module):
         return {"fc1.weight": self.fc1.weight[hid, ch], "fc1.bias": self.fc1.bias[hid],
                 "fc2.weight": self.fc2.weight[ch, hid], "fc2.bias": self.fc2.bias[ch]}
 
-    def forward(self, x: Tensor, s: Subnet) -> Tensor:
+    def forward(self, x: Tensor, s: Subnet, gate: Tensor | None = None) -> Tensor:
+        """``gate`` (h,) scales each hidden unit's GELU output (ViT-Slim's search masks)."""
         w = self.active(s)
         x = F.gelu(F.linear(x, w["fc1.weight"], w["fc1.bias"]))  # (B, N, h)
+        if gate is not None:
+            x = x * gate
         return F.linear(x, w["fc2.weight"], w["fc2.bias"])
 
 
@@ -236,18 +187,43 @@ class Block(nn.Module):
             return self.tsm(x, s, n_keep)
         return prune_tokens(x, attn, n_keep, self.cfg.num_prefix_tokens, self.cfg.fuse_tokens), None
 
-    def forward(self, x: Tensor, s: Subnet, n_keep: int | None) -> Tensor:
-        h, attn = self.attn(sliced_norm(self.norm1, x, s, self.cfg.ln_eps), s)
+    def forward(self, x: Tensor, s: Subnet, n_keep: int | None, attn_gate: Tensor | None = None,
+                mlp_gate: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The block's output and, where a TSM reduced the tokens, its aggregation weights."""
+        h, attn = self.attn(sliced_norm(self.norm1, x, s, self.cfg.ln_eps), s, attn_gate)
         x = x + h
+        weights = None
         if n_keep is not None:
-            x = self.reduce(x, attn, s, n_keep)[0]
-        return x + self.mlp(sliced_norm(self.norm2, x, s, self.cfg.ln_eps), s)
+            x, weights = self.reduce(x, attn, s, n_keep)
+        return x + self.mlp(sliced_norm(self.norm2, x, s, self.cfg.ln_eps), s, mlp_gate), weights
 
 
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Soft masks multiplied into a forward (ViT-Slim's search, at the full subnet).
+
+    ``attn`` (depth, H, hd) scales head dims of q and v, ``mlp`` (depth, hidden) the MLP units;
+    ``tokens`` (patches,) scales the patch tokens, or ``positions`` keeps only those patches."""
+
+    attn: Tensor
+    mlp: Tensor
+    tokens: Tensor | None = None
+    positions: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Features:
+    """The final tokens (B, N', d) after the last norm, and, when tracked, how the final patch
+    tokens mix the input patches (B, k, g*g) through the Token Slimming Modules (SiT)."""
+
+    tokens: Tensor
+    assign: Tensor | None = None
 
 
 class SlimmableViT(nn.Module):
@@ -349,12 +325,29 @@ class SlimmableViT(nn.Module):
         x = torch.cat([p.expand(x.shape[0], -1, -1) for p in prefix] + [x], dim=1)
         return x + w["pos_embed"]  # (B, N, d)
 
-    def forward_features(self, x: Tensor, s: Subnet) -> Tensor:
+    def features(self, x: Tensor, s: Subnet, track: bool = False, gates: Gates | None = None) -> Features:
+        """The one forward of the slimmable model, up to the final norm.
+
+        ``track`` composes the TSM aggregation weights (SiT's token loss); ``gates`` applies
+        ViT-Slim's soft masks (at the full subnet)."""
         cfg = self.cfg
         x = self.embed(x, s)
-        for block, n_keep in zip(self.blocks, block_keeps(cfg, s), strict=True):
-            x = block(x, s, n_keep)
-        return sliced_norm(self.norm, x, s, cfg.ln_eps)
+        p = cfg.num_prefix_tokens
+        if gates is not None and gates.positions is not None:
+            x = torch.cat([x[:, :p], x[:, p:][:, list(gates.positions)]], dim=1)
+        elif gates is not None and gates.tokens is not None:
+            x = torch.cat([x[:, :p], x[:, p:] * gates.tokens[None, :, None]], dim=1)
+        assign = None
+        for i, (block, n_keep) in enumerate(zip(self.blocks, block_keeps(cfg, s), strict=True)):
+            x, weights = block(x, s, n_keep, None if gates is None else gates.attn[i],
+                               None if gates is None else gates.mlp[i])
+            if track and weights is not None:  # top-k pruning has no weights
+                w = weights.transpose(1, 2)  # (B, k, N-p)
+                assign = w if assign is None else w @ assign  # (B, k, g*g)
+        return Features(sliced_norm(self.norm, x, s, cfg.ln_eps), assign)
+
+    def forward_features(self, x: Tensor, s: Subnet) -> Tensor:
+        return self.features(x, s).tokens
 
     def forward_head(self, x: Tensor, s: Subnet) -> Tensor:
         w = self.head_active(s)

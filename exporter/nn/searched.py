@@ -104,8 +104,9 @@ def extract_structure(model: SlimmableViT, st: Structure) -> StaticViT:
             sd[p + "attn.qkv.bias"] = full[p + "attn.qkv.bias"][rows]
         sd[p + "attn.proj.weight"] = full[p + "attn.proj.weight"][:, idx]
         u = torch.tensor(units)
-        sd[p + "fc1.weight"], sd[p + "fc1.bias"] = full[p + "fc1.weight"][u], full[p + "fc1.bias"][u]
-        sd[p + "fc2.weight"] = full[p + "fc2.weight"][:, u]
+        fc1, fc2 = p + "mlp.fc1.", p + "mlp.fc2."
+        sd[fc1 + "weight"], sd[fc1 + "bias"] = full[fc1 + "weight"][u], full[fc1 + "bias"][u]
+        sd[fc2 + "weight"] = full[fc2 + "weight"][:, u]
     static = StaticViT(structure_spec(cfg, st))
     static.load_state_dict({k: v.clone().contiguous() for k, v in sd.items()}, strict=True)
     return static.eval()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exporter.nn.model import attention, prune_tokens, slim_tokens
+from exporter.nn.tokens import attention, prune_tokens, slim_tokens
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,29 @@ class StaticTokenSlimming(nn.Module):
         return slim_tokens(x, logits, self.n_prefix)[0]
 
 
+class StaticMlp(nn.Module):
+    """timm's ``Mlp`` at one hidden size: fc1 -> GELU -> fc2."""
+
+    def __init__(self, embed_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, hidden)
+        self.fc2 = nn.Linear(hidden, embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class StaticPatchEmbed(nn.Module):
+    """timm's ``PatchEmbed``: one strided conv (``proj``), flattened to (B, tokens, C)."""
+
+    def __init__(self, spec: StaticSpec) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(spec.in_chans, spec.embed_dim, spec.patch_size, stride=spec.patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
 class StaticBlock(nn.Module):
     def __init__(self, spec: StaticSpec, n_keep: int | None, dims: LayerDims | None = None) -> None:
         super().__init__()
@@ -113,8 +136,7 @@ class StaticBlock(nn.Module):
         self.norm1 = nn.LayerNorm(spec.embed_dim, eps=spec.ln_eps)
         self.attn = StaticAttention(spec, dims)
         self.norm2 = nn.LayerNorm(spec.embed_dim, eps=spec.ln_eps)
-        self.fc1 = nn.Linear(spec.embed_dim, dims.mlp_hidden)
-        self.fc2 = nn.Linear(dims.mlp_hidden, spec.embed_dim)
+        self.mlp = StaticMlp(spec.embed_dim, dims.mlp_hidden)
         use_tsm = n_keep is not None and spec.token_reducer == "tsm"
         self.tsm = StaticTokenSlimming(spec, n_keep) if use_tsm else None
 
@@ -125,16 +147,20 @@ class StaticBlock(nn.Module):
             x = self.tsm(x)
         elif self.n_keep is not None:
             x = prune_tokens(x, attn, self.n_keep, self.n_prefix, self.fuse)
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        return x + self.mlp(self.norm2(x))
 
 
 class StaticViT(nn.Module):
-    """A plain ViT for exactly one input size; input (B, C, R, R), output logits (B, classes)."""
+    """A plain ViT for exactly one input size; input (B, C, R, R), output logits (B, classes).
+
+    Submodules carry timm's names (``patch_embed.proj``, ``blocks.N.attn.qkv``, ``blocks.N.mlp.fc1``,
+    ``norm``, ``head``), so its state dict reads like a timm ViT's, with two folds: the q rows of
+    ``qkv`` are pre-scaled, and ``prefix`` is the cls (+ dist) token plus its position."""
 
     def __init__(self, spec: StaticSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.patch_embed = nn.Conv2d(spec.in_chans, spec.embed_dim, spec.patch_size, stride=spec.patch_size)
+        self.patch_embed = StaticPatchEmbed(spec)
         # cls (+ dist) token with its position already added: one constant per prefix token.
         self.prefix = nn.Parameter(torch.zeros(1, spec.num_prefix_tokens, spec.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, spec.num_tokens - spec.num_prefix_tokens, spec.embed_dim))
@@ -150,7 +176,7 @@ class StaticViT(nn.Module):
             self.register_buffer("select", select, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, g*g, C)
+        x = self.patch_embed(x)  # (B, g*g, C)
         if self.select is not None:
             x = self.select @ x  # (B, n, C): the kept positions
         x = x + self.pos_embed

@@ -44,6 +44,7 @@ class TrainConfig:
         full_only_epochs: scala's warm-up epochs that train the full model only.
         teacher: a checkpoint (any format slimvit loads) to distil from; ``teacher_weight`` is
             the share of the KL to the teacher in the loss of every label-trained subnet.
+        token_weight: the weight of a recipe's extra loss terms (sit: token reconstruction).
         model: `ViTConfig` keys overriding `DEFAULT_MODEL` (num_classes comes from the data).
     """
 
@@ -69,6 +70,7 @@ class TrainConfig:
     full_only_epochs: int = 1
     teacher: str | None = None
     teacher_weight: float = 0.5
+    token_weight: float = 1.0
     model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -132,7 +134,8 @@ class TrainConfig:
             kw.pop("model", None)
         elif not isinstance(kw["model"], Mapping):
             raise ConfigError(f'"model" must be a mapping of model keys, but got {kw["model"]!r}')
-        for k in ("lr", "weight_decay", "ema_decay", "teacher_weight", "holdout", "label_smoothing"):
+        for k in ("lr", "weight_decay", "ema_decay", "teacher_weight", "token_weight", "holdout",
+                  "label_smoothing"):
             if isinstance(kw.get(k), int | str) and not isinstance(kw.get(k), bool):
                 try:
                     kw[k] = float(kw[k])  # YAML reads "1e-3" as a string

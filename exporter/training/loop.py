@@ -9,7 +9,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ from exporter.errors import ConfigError, SlimvitError
 from exporter.fileio import atomic_write_json, atomic_write_text
 from exporter.gate.files import dumps_strict
 from exporter.nn.config import Subnet, ViTConfig
-from exporter.nn.model import SlimmableViT
+from exporter.nn.model import Features, SlimmableViT
 from exporter.training.config import TrainConfig, config_yaml
 from exporter.training.data import DataSplit, augmented_inputs, load_dataset, random_shifts, translate
-from exporter.training.recipes import Member, StepContext, get_recipe
+from exporter.training.recipes import LossTerm, Member, StepContext, get_recipe
+from exporter.training.sit import student_from_teacher
 from exporter.training.state import STATE_FILE, TrainState, load_state, save_state
 
 CHECKPOINT_FILE, LOG_FILE, CONFIG_FILE, RESULTS_FILE = "model.safetensors", "log.jsonl", "config.yaml", "results.json"
@@ -82,16 +83,33 @@ def epoch_rngs(seed: int, epoch: int) -> tuple[torch.Generator, random.Random]:
     return torch.Generator().manual_seed(s), random.Random(s)
 
 
+@dataclass(frozen=True)
+class TeacherOutput:
+    """The external teacher on one batch: its logits, and its final tokens where a recipe's
+    extra loss terms need them."""
+
+    logits: torch.Tensor
+    features: Features | None = None
+
+
 def run_members(model: SlimmableViT, plan: list[Member], inputs: dict[int, torch.Tensor], y: torch.Tensor,
-                cfg: TrainConfig, teacher_logits: torch.Tensor | None, amp: bool) -> tuple[float, int]:
+                cfg: TrainConfig, teacher: TeacherOutput | None, amp: bool,
+                extra_losses: tuple[LossTerm, ...] = ()) -> tuple[float, int]:
     """Forward and backward every member (gradients accumulate); returns the summed loss and the
-    first member's correct count."""
+    first member's correct count. ``extra_losses`` (a recipe's) are added to every member's
+    loss, weighted by ``cfg.token_weight``."""
     outs: list[torch.Tensor] = []
     total = 0.0
+    teacher_logits = None if teacher is None else teacher.logits
     for m in plan:
         with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(inputs[m.subnet.resolution], m.subnet)
+            feats = model.features(inputs[m.subnet.resolution], m.subnet, track=bool(extra_losses))
+            logits = model.forward_head(feats.tokens, m.subnet)
         loss = logits.new_zeros((), dtype=torch.float32)
+        for term in extra_losses:
+            extra = term(feats, None if teacher is None else teacher.features, model.cfg.num_prefix_tokens)
+            if extra is not None:
+                loss = loss + cfg.token_weight * extra
         if m.labels:
             ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if teacher_logits is not None:
@@ -105,15 +123,42 @@ def run_members(model: SlimmableViT, plan: list[Member], inputs: dict[int, torch
     return total, int((outs[0].argmax(1) == y).sum())
 
 
-def load_teacher(path: str | None, num_classes: int) -> tuple[SlimmableViT, Preprocess] | None:
+def load_teacher(path: str | None, num_classes: int | None = None) -> tuple[SlimmableViT, Preprocess] | None:
     """The external teacher: any checkpoint format slimvit loads, run at its full width."""
     if not path:
         return None
     loaded = load_model(path)
-    if loaded.model.cfg.num_classes != num_classes:
+    if num_classes is not None and loaded.model.cfg.num_classes != num_classes:
         raise ConfigError(f"teacher {path} predicts {loaded.model.cfg.num_classes} classes but the dataset "
                           f"has {num_classes}; distil from a teacher trained on the same classes")
     return loaded.model.eval().requires_grad_(False), loaded.preprocess
+
+
+def fit(params: list[dict[str, Any]], epochs: int, batches: Callable[[], Iterable[Any]],
+        loss_fn: Callable[[Any], torch.Tensor], log: Callable[[dict[str, Any]], None] | None = None,
+        stage: str = "fit") -> None:
+    """The plain single-process form of the loop, for training that is not a recipe over a
+    slimmable grid (ViT-Slim's mask search and its fine-tuning): AdamW over the parameter
+    groups, one optimizer step per batch of ``batches()`` (a fresh iterator each epoch), a
+    line to ``log`` per epoch.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite.
+    """
+    opt = torch.optim.AdamW(params)
+    for epoch in range(epochs):
+        t0, total, n = time.time(), 0.0, 0
+        for batch in batches():
+            loss = loss_fn(batch)
+            if not math.isfinite(float(loss.detach())):
+                raise DivergedError(f"{stage} diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}; "
+                                    "lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss.detach()), n + 1
+        if log:
+            log({"stage": stage, "epoch": epoch + 1, "loss": total / max(n, 1), "seconds": time.time() - t0})
 
 
 class DivergedError(SlimvitError):
@@ -134,16 +179,27 @@ class Run:
     def __init__(self, cfg: TrainConfig, out: Path | None, resume: str | Path | None) -> None:
         self.cfg, self.out = cfg, out
         self.recipe = get_recipe(cfg.recipe)
+        if self.recipe.needs_teacher and not cfg.teacher:
+            raise ConfigError(f'recipe "{cfg.recipe}" distils from a teacher: give --teacher CHECKPOINT')
         check_out(out, resume)
         self.dist = ddp.setup()
-        probe = cfg.model_config(int(dict(cfg.model).get("num_classes", 1)))
+        self.teacher = load_teacher(cfg.teacher)
+        # The student: the teacher's weights in a model of its config (SiT), or a fresh model.
+        self.student = None
+        if self.recipe.from_teacher and self.teacher is not None:
+            self.student = student_from_teacher(self.teacher[0], dict(cfg.model).get("token_reducer", "tsm"))
+        probe = self.student.cfg if self.student is not None else cfg.model_config(
+            int(dict(cfg.model).get("num_classes", 1)))
         self.data: DataSplit = load_dataset(cfg.dataset, max(probe.resolutions), cfg.holdout, cfg.seed,
                                             cfg.train_limit)
-        self.model_cfg: ViTConfig = cfg.model_config(len(self.data.class_names))
+        classes = len(self.data.class_names)
+        self.model_cfg: ViTConfig = probe if self.student is not None else cfg.model_config(classes)
+        if self.teacher is not None and self.teacher[0].cfg.num_classes != classes:
+            raise ConfigError(f"teacher {cfg.teacher} predicts {self.teacher[0].cfg.num_classes} classes but "
+                              f"the dataset has {classes}; distil from a teacher trained on the same classes")
         self.subnets = tuple(cfg.grid(self.model_cfg).subnets(self.model_cfg))
         self.resolutions = sorted({s.resolution for s in self.subnets})
         self.recipe(self.context(10**9, random.Random(0)))  # a bad recipe/grid pairing fails now
-        self.teacher = load_teacher(cfg.teacher, self.model_cfg.num_classes)
         self.state: TrainState | None = load_state(resume, self.model_cfg) if resume is not None else None
         self.pre = Preprocess()
         self.amp = cfg.amp and self.dist.device.type == "cuda"
@@ -153,17 +209,25 @@ class Run:
         return StepContext(self.subnets, self.model_cfg, c.widths, c.width_weights, c.random_subnets,
                            c.full_only_epochs, epoch, rng)
 
-    def teacher_logits(self, raw: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor | None:
+    def teacher_output(self, raw: torch.Tensor, shifts: torch.Tensor) -> TeacherOutput | None:
+        """The teacher at its full width and ``img_size`` on the batch (same shifts), with its
+        final tokens when the recipe has extra loss terms."""
         if self.teacher is None:
             return None
         model, pre = self.teacher
+        model = model.to(self.dist.device)
         res = model.cfg.img_size
         x = pre(raw, res)
         if self.cfg.augment_shift:
             s = torch.round(shifts.float() * res / max(self.resolutions)).long()
             x = translate(x, s[:, 0], s[:, 1])
+        x = x.to(self.dist.device)
         with torch.no_grad(), torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return model.to(self.dist.device)(x.to(self.dist.device)).float()
+            if self.recipe.extra_losses and isinstance(model, SlimmableViT):
+                full = model.subnet()
+                feats = model.features(x, full)
+                return TeacherOutput(model.forward_head(feats.tokens, full).float(), feats)
+            return TeacherOutput(model(x).float())
 
 
 def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | None = None,
@@ -190,7 +254,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | 
     d, data = run.dist, run.data
     t_start = time.time()
     torch.manual_seed(cfg.seed)
-    model = SlimmableViT(run.model_cfg).to(d.device)
+    model = (copy.deepcopy(run.student) if run.student is not None else SlimmableViT(run.model_cfg)).to(d.device)
     ddp.broadcast_parameters(model, d)
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -225,8 +289,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | 
             if len(part):
                 inputs = {r: x.to(d.device) for r, x in augmented_inputs(
                     raw, shifts[part], run.resolutions, cfg.augment_shift, run.pre).items()}
-                loss, correct = run_members(model, plan, inputs, y, cfg,
-                                            run.teacher_logits(raw, shifts[part]), run.amp)
+                loss, correct = run_members(model, plan, inputs, y, cfg, run.teacher_output(raw, shifts[part]),
+                                            run.amp, run.recipe.extra_losses)
             share = len(part) / len(idx)
             stats = ddp.reduce_gradients(params, share, torch.tensor([loss * share, correct, len(part)],
                                                                      dtype=torch.float64), d)

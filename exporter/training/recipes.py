@@ -9,7 +9,9 @@ Facts matched (from each method's paper and public code): sandwich (largest + sm
 HydraViT (one width per batch, uniform or weighted, cross-entropy only), Scala (full, one upper-
 and one lower-half width, the smallest; each distils from the next larger and learns the labels;
 the first epochs train the full model only), SuperViT (two resolutions at keep 1.0 with
-cross-entropy, their kept-token versions with KL to the matching full-token output).
+cross-entropy, their kept-token versions with KL to the matching full-token output), SiT (the
+largest subnet and one token-slimmed subnet per step, each with cross-entropy, KL to the teacher
+and a token-reconstruction term; the student starts from the teacher's weights).
 
 Every recipe draws the keep rate and resolution of a non-full member from the variant grid at
 that member's width, so a width-only grid gives exactly the published recipe and a richer grid
@@ -22,8 +24,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from exporter.errors import ConfigError, check_choice
 from exporter.nn.config import Subnet, Variant, ViTConfig, resolve
+from exporter.nn.model import Features
+from exporter.training.sit import token_reconstruction
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,32 @@ class StepContext:
         return next((s for s in self.subnets if (s.embed_dim, s.keep_rate, s.resolution) == (dim, keep, res)), None)
 
 
-Recipe = Callable[[StepContext], list[Member]]
+Plan = Callable[[StepContext], list[Member]]
+# An extra loss term: (student features, teacher features or None, prefix tokens) -> a scalar,
+# or None where it does not apply (e.g. token counts differ). Weighted by the run's config.
+LossTerm = Callable[[Features, Features | None, int], Tensor | None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe of the one loop (`exporter.training.loop.train`).
+
+    Attributes:
+        plan: which members one step trains (called once per step).
+        extra_losses: terms added to every member's loss (weighted by ``token_weight``); the
+            loop then runs the member's forward with tracked features and the teacher's too.
+        needs_teacher: the run must give ``teacher``.
+        from_teacher: the student starts from the teacher's weights (and config) instead of a
+            fresh model of ``cfg.model``.
+    """
+
+    plan: Plan
+    extra_losses: tuple[LossTerm, ...] = ()
+    needs_teacher: bool = False
+    from_teacher: bool = False
+
+    def __call__(self, ctx: StepContext) -> list[Member]:
+        return self.plan(ctx)
 
 
 def sandwich(ctx: StepContext) -> list[Member]:
@@ -133,8 +164,19 @@ def supervit(ctx: StepContext) -> list[Member]:
     return plan
 
 
-RECIPES: dict[str, Recipe] = {"sandwich": sandwich, "hydravit": hydravit, "scala": scala,
-                              "supervit": supervit}
+def sit(ctx: StepContext) -> list[Member]:
+    """SiT: the largest subnet and one random token-slimmed subnet (keep rate < 1), each from
+    the labels and the teacher; every Token Slimming Module is trained through the second."""
+    slimmed = [s for s in ctx.subnets if s.keep_rate < 1.0]
+    if not slimmed:
+        raise ConfigError("the sit recipe trains token slimming; give --keep-rates with a rate < 1")
+    return [Member(ctx.subnets[0]), Member(ctx.rng.choice(slimmed))]
+
+
+RECIPES: dict[str, Recipe] = {"sandwich": Recipe(sandwich), "hydravit": Recipe(hydravit),
+                              "scala": Recipe(scala), "supervit": Recipe(supervit),
+                              "sit": Recipe(sit, (token_reconstruction,), needs_teacher=True,
+                                            from_teacher=True)}
 
 
 def get_recipe(name: str) -> Recipe:

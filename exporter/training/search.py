@@ -17,8 +17,8 @@ without labels the task loss is the KL to the unpruned model.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +33,9 @@ from exporter.checkpoints import load_model, save_searched
 from exporter.errors import ConfigError
 from exporter.nn.config import Variant, ViTConfig
 from exporter.nn.cost import mac_count
-from exporter.nn.model import SlimmableViT, attention
+from exporter.nn.model import Gates, SlimmableViT
 from exporter.nn.searched import NonUniformViT, Structure, extract_structure, full_macs, structure_spec
+from exporter.training.loop import fit
 
 __all__ = ["Masks", "NonUniformViT", "SearchConfig", "SearchData", "SearchResult", "Structure",
            "extract_structure", "learn_masks", "masked_forward", "run_search",
@@ -139,29 +140,13 @@ class Masks(nn.Module):
 
 def masked_forward(model: SlimmableViT, masks: Masks, x: Tensor,
                    positions: Sequence[int] | None = None) -> Tensor:
-    """The full model at ``img_size`` with the masks applied: head dims mask q and v (a dim
-    out of q drops its q.k term, out of v its output), units mask the GELU output, positions
-    scale the patch tokens. ``positions`` instead keeps only those patches (hard selection)."""
-    cfg = model.cfg
-    s = model.subnet(Variant(1.0, 1.0, cfg.img_size))
-    x = model.embed(x, s)  # (B, N, D)
-    p = cfg.num_prefix_tokens
-    if positions is None:
-        x = torch.cat([x[:, :p], x[:, p:] * masks.tokens[None, :, None]], dim=1)
-    else:
-        x = torch.cat([x[:, :p], x[:, p:][:, list(positions)]], dim=1)
-    H, hd = cfg.num_heads, cfg.head_dim
-    for i, blk in enumerate(model.blocks):
-        B, N, D = x.shape
-        h = blk.norm1(x)
-        qkv = blk.attn.qkv(h).view(B, N, 3 * H, hd).transpose(1, 2)  # (B, 3H, N, hd)
-        q, k, v = qkv.chunk(3, dim=1)  # each (B, H, N, hd)
-        m = masks.attn[i][None, :, None, :]  # (1, H, 1, hd)
-        out, _ = attention(q * m * hd ** -0.5, k, v * m)
-        x = x + blk.attn.proj(out.transpose(1, 2).reshape(B, N, D))
-        hidden = F.gelu(blk.mlp.fc1(blk.norm2(x))) * masks.mlp[i]  # (B, N, hidden)
-        x = x + blk.mlp.fc2(hidden)
-    return model.forward_head(model.norm(x), s)
+    """The full model at ``img_size`` with the masks applied (`Gates`, through the model's own
+    forward): head dims mask q and v, units mask the GELU output, positions scale the patch
+    tokens. ``positions`` instead keeps only those patches (hard selection)."""
+    s = model.subnet(Variant(1.0, 1.0, model.cfg.img_size))
+    gates = Gates(masks.attn, masks.mlp, masks.tokens if positions is None else None,
+                  None if positions is None else tuple(positions))
+    return model.forward_head(model.features(x, s, gates=gates).tokens, s)
 
 
 @dataclass(frozen=True)
@@ -208,27 +193,24 @@ def learn_masks(model: SlimmableViT, data: SearchData, cfg: SearchConfig,
                 log: Callable[[dict], None] | None = None) -> Masks:
     """Train soft masks and the weights of ``model`` (in place) with cross-entropy (KL to the
     model as it was, without labels) plus an L1 penalty on the masks; returns the masks."""
-    import copy
-
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     masks = Masks(model.cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW([{"params": model.parameters(), "lr": cfg.lr},
-                             {"params": masks.parameters(), "lr": cfg.mask_lr, "weight_decay": 0.0}])
-    model.train()
-    for epoch in range(cfg.search_epochs):
-        t0, total, n = time.time(), 0.0, 0
-        for x, y in data.batches(cfg.batch_size, gen):
-            logits = masked_forward(model, masks, x)
-            task = F.cross_entropy(logits, y) if y is not None else _task_loss(logits, None, teacher, x)
-            loss = task + cfg.l1 * masks.l1()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + float(loss.detach()), n + 1
+
+    def loss(batch: tuple[Tensor, Tensor | None]) -> Tensor:
+        x, y = batch
+        logits = masked_forward(model, masks, x)
+        task = F.cross_entropy(logits, y) if y is not None else _task_loss(logits, None, teacher, x)
+        return task + cfg.l1 * masks.l1()
+
+    def with_l1(record: dict) -> None:
         if log:
-            log({"stage": "search", "epoch": epoch + 1, "loss": total / n,
-                 "mask_l1": float(masks.l1().detach()), "seconds": time.time() - t0})
+            log({**record, "mask_l1": float(masks.l1().detach())})
+
+    model.train()
+    fit([{"params": list(model.parameters()), "lr": cfg.lr},
+         {"params": list(masks.parameters()), "lr": cfg.mask_lr, "weight_decay": 0.0}],
+        cfg.search_epochs, lambda: data.batches(cfg.batch_size, gen), loss, with_l1, "search")
     model.eval()
     return masks
 
@@ -237,19 +219,11 @@ def finetune(net: nn.Module, teacher: SlimmableViT, data: SearchData, cfg: Searc
              log: Callable[[dict], None] | None = None) -> None:
     """Briefly re-train the pruned model: cross-entropy + KL to the unpruned model."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr * 2, weight_decay=0.05)
     teacher.eval()
-    for epoch in range(cfg.finetune_epochs):
-        net.train()
-        t0, total, n = time.time(), 0.0, 0
-        for x, y in data.batches(cfg.batch_size, gen):
-            loss = _task_loss(net(x), y, teacher, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + float(loss.detach()), n + 1
-        if log:
-            log({"stage": "finetune", "epoch": epoch + 1, "loss": total / n, "seconds": time.time() - t0})
+    net.train()
+    fit([{"params": list(net.parameters()), "lr": cfg.lr * 2, "weight_decay": 0.05}], cfg.finetune_epochs,
+        lambda: data.batches(cfg.batch_size, gen), lambda b: _task_loss(net(b[0]), b[1], teacher, b[0]),
+        log, "finetune")
     net.eval()
 
 
@@ -262,8 +236,6 @@ def search(model: SlimmableViT, data: SearchData, cfg: SearchConfig = SearchConf
     Raises:
         ConfigError: the budget is below the smallest structure.
     """
-    import copy
-
     torch.manual_seed(cfg.seed)
     work = copy.deepcopy(model)
     masks = learn_masks(work, data, cfg, log)

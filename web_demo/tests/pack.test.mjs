@@ -18,8 +18,9 @@ for (const c of doc.cases) {
   test(`vector: ${c.name}`, async () => {
     const bytes = new Uint8Array(Buffer.from(c.pack, 'base64'));
     let files;
+    let pack;
     try {
-      const pack = new Pack(bytes, { maxFileBytes: c.max_file_bytes, maxTotalBytes: c.max_total_bytes });
+      pack = new Pack(bytes, { maxFileBytes: c.max_file_bytes, maxTotalBytes: c.max_total_bytes });
       files = await pack.readAll();
     } catch (e) {
       if (!(e instanceof PackError)) throw e;
@@ -31,8 +32,26 @@ for (const c of doc.cases) {
     const got = {};
     for (const [p, d] of files) got[p] = { size: d.length, sha256: await sha256Hex(d) };
     assert.deepEqual(got, c.files);
+    const regions = {};
+    for (const f of pack.files) regions[f.path] = await pack.region(f.path);
+    assert.deepEqual(regions, c.regions);
+    for (const [p, where] of Object.entries(regions)) {
+      if (!where) continue;
+      assert.equal(where[0] % 64, 0, `${p} is not 64-byte aligned in the pack`);
+      assert.deepEqual(await pack.view(p), files.get(p));  // in place, the same bytes
+    }
   });
 }
+
+test('a file served in place is refused when its bytes in the pack are changed', async () => {
+  const good = doc.cases.find((c) => c.name.startsWith('real encoder'));
+  const bytes = new Uint8Array(Buffer.from(good.pack, 'base64'));
+  const [path, [offset]] = Object.entries(good.regions).find(([, r]) => r);
+  bytes[offset + 5] ^= 1;
+  const pack = new Pack(bytes);
+  await assert.rejects(pack.view(path), (e) => e instanceof PackError && e.code === 'hash');
+  assert.equal((await pack.view(path, { checkHash: false })).length, good.files[path].size);
+});
 
 test('a packed bundle refuses an artifact the manifest does not pin', async () => {
   const good = doc.cases.find((c) => c.name.startsWith('real encoder'));

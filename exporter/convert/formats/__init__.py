@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from typing import Any
 
 from exporter.convert.formats.base import ExportFormat
@@ -30,4 +32,25 @@ def get_format(name: str, **options: Any) -> ExportFormat:
     return FORMATS[name](**options)
 
 
-__all__ = ["DIRECTORY_SUFFIXES", "FORMATS", "ExportFormat", "get_format"]
+def configure_formats(formats: Sequence[str | ExportFormat], nhwc: bool = False,
+                      **options: Any) -> list[ExportFormat]:
+    """Format instances for ``formats`` (names, or instances already configured, kept as they
+    are), without repeats. Each named format gets the ``options`` its constructor takes
+    (``deployment_target`` only reaches coreml), and ``nhwc`` asks every format that offers
+    an NHWC input for it."""
+    out: dict[str, ExportFormat] = {}
+    for f in formats:
+        if isinstance(f, ExportFormat):
+            out.setdefault(f.name, f)
+            continue
+        check_choice("format", f, FORMATS)
+        cls = FORMATS[f]
+        takes = inspect.signature(cls.__init__).parameters
+        opts = {k: v for k, v in options.items() if k in takes}
+        if nhwc and "NHWC" in cls.layouts:
+            opts["layout"] = "NHWC"
+        out.setdefault(f, cls(**opts))
+    return list(out.values())
+
+
+__all__ = ["DIRECTORY_SUFFIXES", "FORMATS", "ExportFormat", "configure_formats", "get_format"]

@@ -72,6 +72,12 @@ class ExportFormat(ABC):
         """Name and version of what `run` uses, recorded with every validation."""
         return self.name
 
+    @classmethod
+    def runtime_problems(cls, path: Path) -> list[str]:
+        """Whether the artifact needs a newer runtime than the apps ship (docs/security.md), read
+        from its header without the converter; `slimvit verify` reports each as a problem."""
+        return []
+
     def delegation(self, path: Path) -> dict | None:
         """How much of the artifact a CPU delegate runs (`exporter.convert.formats.delegation`), for
         formats that have one; recorded in the manifest under the artifact."""
@@ -87,6 +93,14 @@ class ExportFormat(ABC):
             ValidationError: listing every problem found.
         """
         raise NotImplementedError(f"{self.name} artifacts can only be validated by running them")
+
+
+def in_range(what: str, value: int, lo_hi: tuple[int, int]) -> list[str]:
+    """One problem when ``value`` is outside what the apps' runtimes load."""
+    lo, hi = lo_hi
+    if lo <= value <= hi:
+        return []
+    return [f"{what} {value} is outside {lo}..{hi}, what the apps' runtimes load (docs/security.md)"]
 
 
 def converter_error(fmt: str, metadata: Mapping[str, str], error: BaseException) -> ExportError:

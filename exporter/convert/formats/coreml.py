@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.convert.formats.base import ExportFormat, converter_error, quiet
-from exporter.errors import ConfigError, ValidationError, check_choice
-from exporter.fileio import sha256_file, sha256_tree
+from exporter.convert.formats.base import ExportFormat, converter_error, in_range, quiet
+from exporter.errors import ValidationError, check_choice
+from exporter.fileio import sha256_path
 from exporter.gate.files import dumps_strict
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
@@ -53,20 +53,38 @@ class CoreMLFormat(ExportFormat):
     deterministic: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("coremltools",)
     can_run: ClassVar[bool] = sys.platform == "darwin"
+    app_spec_versions: ClassVar[tuple[int, int]] = (7, 9)  # iOS 16 .. iOS 18
 
-    def __init__(self, layout: str | None = None, deployment_target: str = "iOS17") -> None:
+    @classmethod
+    def runtime_problems(cls, path: Path) -> list[str]:
+        spec = next(iter(path.rglob("*.mlmodel")), None) if path.is_dir() else path
+        if spec is None:
+            return ["Core ML package holds no .mlmodel spec"]
+        with open(spec, "rb") as f:
+            head = f.read(16)
+        # Model.specificationVersion is protobuf field 1, a varint, written first.
+        if not head or head[0] != 0x08:
+            return ["Core ML spec does not start with specificationVersion"]
+        version, shift = 0, 0
+        for b in head[1:]:
+            version |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        return in_range("Core ML specificationVersion", version, cls.app_spec_versions)
+
+    def __init__(self, layout: str | None = None, deployment_target: str = "iOS17",
+                 compute: str = "fp32") -> None:
+        """``compute`` is the program's compute precision (``fp16`` for the fp16 precision)."""
         super().__init__(layout)
         self.deployment_target = check_choice("Core ML deployment target", deployment_target, TARGETS)
+        self.compute = check_choice("Core ML compute precision", compute, PRECISIONS)
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:
         with quiet():  # its import warns about untested torch/scikit-learn versions
             import coremltools as ct
 
-        precision = metadata.get("slimvit.precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ConfigError(f'Core ML "precision" must be one of {{{", ".join(PRECISIONS)}}}, '
-                              f'but got "{precision}"')
         x = torch.from_numpy(example)
         try:
             with quiet():
@@ -75,7 +93,7 @@ class CoreMLFormat(ExportFormat):
                     program, convert_to="mlprogram",
                     inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(x.shape), dtype=np.float32)],
                     outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
-                    compute_precision=getattr(ct.precision, PRECISIONS[precision]),
+                    compute_precision=getattr(ct.precision, PRECISIONS[self.compute]),
                     minimum_deployment_target=getattr(ct.target, self.deployment_target),
                 )
         except Exception as e:  # the converter raises many types; name the op for the user
@@ -145,7 +163,7 @@ def save_package(mlmodel: Any, path: Path) -> None:
     ids = {}
     for old, item in doc["itemInfoEntries"].items():
         data = Path(path) / "Data" / item["path"]
-        digest = sha256_tree(data) if data.is_dir() else sha256_file(data)
+        digest = sha256_path(data)
         ids[old] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"slimvit:{item['path']}:{digest}")).upper()
     doc["itemInfoEntries"] = {ids[k]: v for k, v in doc["itemInfoEntries"].items()}
     doc["rootModelIdentifier"] = ids[doc["rootModelIdentifier"]]

@@ -58,6 +58,16 @@ class ExecuTorchFormat(ExportFormat):
     atol: ClassVar[float] = 1e-4
     deterministic: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("executorch",)
+    app_schema: ClassVar[bytes] = b"ET12"  # the .pte flatbuffer identifier ExecuTorch 1.x writes and loads
+
+    @classmethod
+    def runtime_problems(cls, path: Path) -> list[str]:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        # The program flatbuffer's file identifier names its schema version.
+        if len(head) < 8 or head[4:8] != cls.app_schema:
+            return [f"not an ExecuTorch {cls.app_schema.decode()} program (identifier {head[4:8]!r})"]
+        return []
 
     def __init__(self, layout: str | None = None) -> None:
         require_executorch()

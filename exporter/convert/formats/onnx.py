@@ -11,8 +11,9 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.convert.formats.base import ExportFormat, quiet
+from exporter.convert.formats.base import ExportFormat, in_range, quiet
 from exporter.convert.onnx_graph import fuse_attention, narrow_tokens
+from exporter.measure.worker import ort_session
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
@@ -28,6 +29,21 @@ class OnnxFormat(ExportFormat):
     # com.microsoft.Attention node per block, and the network's tail on the head's token only;
     # benchmarks turn them off to measure what they buy
     graph_passes: ClassVar[bool] = True
+    # The oldest runtime the apps ship: onnxruntime >= 1.18 (opset 21, IR 10); 17 is the oldest we export.
+    app_opsets: ClassVar[tuple[int, int]] = (17, 21)
+    app_ir_versions: ClassVar[tuple[int, int]] = (8, 10)
+
+    @classmethod
+    def runtime_problems(cls, path: Path) -> list[str]:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf raises its own DecodeError
+            return [f"not a readable ONNX model ({type(e).__name__})"]
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is None:
+            return ["ONNX model imports no default opset"]
+        return (in_range("ONNX opset", opset, cls.app_opsets)
+                + in_range("ONNX IR version", model.ir_version, cls.app_ir_versions))
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:
@@ -52,13 +68,7 @@ class OnnxFormat(ExportFormat):
         return {p.key: p.value for p in model.metadata_props}
 
     def session(self, path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort_session(path, threads)
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         sess = self.session(path)

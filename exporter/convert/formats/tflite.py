@@ -45,6 +45,22 @@ class TFLiteFormat(ExportFormat):
     requires: ClassVar[tuple[str, ...]] = ("litert_torch", "ai_edge_litert")
     layouts: ClassVar[tuple[str, ...]] = ("NCHW", "NHWC")
     cli_options: ClassVar[tuple[str, ...]] = ("--nhwc",)
+    app_schema_version: ClassVar[int] = 3  # the TFLite schema the apps' LiteRT reads
+
+    @classmethod
+    def runtime_problems(cls, path: Path) -> list[str]:
+        with open(path, "rb") as f:
+            head = f.read(64 << 10)
+        if len(head) < 8 or head[4:8] != b"TFL3":
+            return ["not a TFLite flatbuffer (no TFL3 identifier)"]
+        # Model.version is field 0 of the root table: root offset -> table -> vtable -> field.
+        table = int.from_bytes(head[0:4], "little")
+        vtable = table - int.from_bytes(head[table:table + 4], "little", signed=True)
+        off = int.from_bytes(head[vtable + 4:vtable + 6], "little")
+        version = int.from_bytes(head[table + off:table + off + 4], "little") if off else 0
+        if version != cls.app_schema_version:
+            return [f"TFLite schema version {version}, the apps read {cls.app_schema_version}"]
+        return []
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:

@@ -64,12 +64,15 @@ def quantize_palettized(job: QuantJob) -> None:
     _compress(job, cto.coreml.OpPalettizerConfig(mode="kmeans", nbits=PALETTE_BITS), "palettized")
 
 
-def _converter(job: QuantJob):
-    return job.converter if isinstance(job.converter, CoreMLFormat) else CoreMLFormat(job.layout)
+def _converter(job: QuantJob, compute: str = "fp32") -> CoreMLFormat:
+    """A Core ML format with the bundle's settings (deployment target, layout) and ``compute``."""
+    made = job.converter if isinstance(job.converter, CoreMLFormat) else CoreMLFormat(job.layout)
+    return CoreMLFormat(made.layout, made.deployment_target, compute)
 
 
 def quantize_fp16(job: QuantJob) -> None:
-    _converter(job).export(job.module, job.example, job.out, {**job.metadata, "slimvit.precision": "fp16"})
+    _converter(job, "fp16").export(job.module, job.example, job.out,
+                                   {**job.metadata, "slimvit.precision": "fp16"})
 
 
 # Calibrated modules by artifact path: the simulation of an int8 artifact is the module it was

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_map
 NEVER = 10**9  # a LinearQuantizer milestone that is never reached
 BATCH = 32
 # `SENSITIVE_OPS` that name modules: kept in float by leaving them out of the quantizer config.
-FLOAT_MODULES = {"first": "patch_embed", "last": "head"}
+FLOAT_MODULES = {"first": "patch_embed.proj", "last": "head"}
 # The ML Program quantize/dequantize ops need iOS17 / macOS14 (coremltools' opset iOS17).
 MIN_TARGETS = {"iOS": 17, "macOS": 14}
 

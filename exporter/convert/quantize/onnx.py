@@ -28,6 +28,7 @@ from exporter.convert.formats.base import quiet
 from exporter.convert.onnx_graph import (
     add_attention_probes, half_cast_initializers, is_probe, probes_to_qattention,
 )
+from exporter.convert.quantize.onnx_share import share_weights
 from exporter.convert.quantize.registry import Precision, QuantJob, register
 from exporter.convert.quantize.targets import TARGETS
 
@@ -126,7 +127,7 @@ class _Reader:
         self.i = 0
 
 
-def quantize_int8(job: QuantJob) -> None:
+def quantize_int8(job: QuantJob, shared: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if job.calibration is None:
@@ -162,15 +163,18 @@ def quantize_int8(job: QuantJob) -> None:
         quantized = onnx.load(str(out))
         probes_to_qattention(quantized)
         onnx.save(quantized, str(out))
-        _finish(out, job, "int8")
+        if shared:
+            _share(out, model, job, target.ort_reduce_range)
+        _finish(out, job, "int8-shared" if shared else "int8")
 
 
-def quantize_int8_dynamic(job: QuantJob) -> None:
+def quantize_int8_dynamic(job: QuantJob, shared: bool = False) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as work:
         pre = _prepared(job.fp32_path, Path(work))
-        exclude = _float_nodes(onnx.load(str(pre)), job.float_ops)
+        model = onnx.load(str(pre))
+        exclude = _float_nodes(model, job.float_ops)
         out = Path(work) / "dyn.onnx"
         with quiet():
             # 7-bit weights only for targets whose unit saturates (x86 without VNNI: demo worst
@@ -179,7 +183,18 @@ def quantize_int8_dynamic(job: QuantJob) -> None:
             quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm", "Attention"],
                              per_channel=True, reduce_range=TARGETS[job.target].ort_reduce_range,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
-        _finish(out, job, "int8-dynamic")
+        if shared:
+            _share(out, model, job, TARGETS[job.target].ort_reduce_range)
+        _finish(out, job, "int8-dynamic-shared" if shared else "int8-dynamic")
+
+
+def _share(path: Path, float_model: onnx.ModelProto, job: QuantJob, reduce_range: bool) -> None:
+    """Swap ORT's per-variant int8 weights for slices of the slimmable model's shared ones."""
+    if job.reference is None:
+        raise ValueError("shared-scale int8 needs the slimmable model (export through export_bundle)")
+    quantized = onnx.load(str(path))
+    share_weights(quantized, float_model, job.reference.model, job.reference.s, 64 if reduce_range else 127)
+    onnx.save(quantized, str(path))
 
 
 
@@ -194,3 +209,17 @@ INT8_DYNAMIC = register(Precision("int8-dynamic", "onnx", "per-channel int8 weig
                                   "(7-bit for x86-avx2/portable), activations quantized per run",
                                   calibrated=False, min_agreement=0.8, quantize=quantize_int8_dynamic,
                                   uses_target=True))
+# Shared-scale int8 (exporter.convert.quantize.shared): the same recipes, but every width's int8
+# weights are slices of one per-channel quantization of the slimmable model, so a pack stores
+# them once (docs/quantization.md, "Shared-scale int8").
+INT8_SHARED = register(Precision("int8-shared", "onnx", "static QDQ int8 as int8, with shared-scale "
+                                 "weights: the slimmable weights quantized once per output channel, "
+                                 "each width's int8 weights and scales a slice of them; activations "
+                                 "calibrated per variant", calibrated=True, min_agreement=0.8,
+                                 quantize=lambda job: quantize_int8(job, shared=True), uses_target=True))
+INT8_DYNAMIC_SHARED = register(Precision("int8-dynamic-shared", "onnx", "int8-dynamic with shared-scale "
+                                         "weights: the slimmable weights quantized once per output "
+                                         "channel, each width's int8 weights and scales a slice of them",
+                                         calibrated=False, min_agreement=0.8,
+                                         quantize=lambda job: quantize_int8_dynamic(job, shared=True),
+                                         uses_target=True))

@@ -22,6 +22,7 @@ import torch
 
 from calibration.data import Preprocess
 from calibration.sources import CalibrationSet, load_calibration
+from exporter.convert.artifact import Artifact
 from exporter.convert.formats.base import ExportFormat
 from exporter.convert.quantize.registry import (
     FP32,
@@ -32,8 +33,7 @@ from exporter.convert.quantize.registry import (
     check_precisions,
     get_precision,
 )
-from exporter.errors import ConfigError
-from exporter.fileio import sha256_file, sha256_tree
+from exporter.errors import ConfigError, check_choice
 from exporter.convert.quantize.targets import DEFAULT_TARGET, check_target
 
 DEFAULT_MAX_DROP = 0.01
@@ -50,6 +50,8 @@ class QuantizeOptions:
         method: activation-range estimation (``minmax``, ``entropy``, ``percentile``).
         max_drop: largest allowed top-1 drop against the FP32 PyTorch variant (0.01 = 1 p.p.).
         int8_target: the CPU int8 recipes are tuned for (`exporter.convert.quantize.targets`).
+        float_ops: per-op-type overrides: op kinds of `SENSITIVE_OPS` every quantized artifact
+            keeps in float from the first try; the retry adds the rest.
     """
 
     precisions: tuple[str, ...] = (FP32,)
@@ -57,10 +59,13 @@ class QuantizeOptions:
     method: str = "minmax"
     max_drop: float = DEFAULT_MAX_DROP
     int8_target: str = DEFAULT_TARGET
+    float_ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_method(self.method)
         check_target(self.int8_target)
+        for op in self.float_ops:
+            check_choice("--float-ops op kind", op, SENSITIVE_OPS)
         if not 0 <= self.max_drop <= 1:
             raise ConfigError(f"--max-drop is a fraction of top-1 in [0, 1] (0.01 = 1 p.p.), "
                               f"but got {self.max_drop}")
@@ -80,7 +85,14 @@ class QuantizeOptions:
         src = self.calibration.describe() if self.calibration else {"source": "none", "samples": 1,
                                                                      "seed": 0}
         return {**src, "method": self.method, "precisions": list(self.precisions),
-                "max_drop": self.max_drop, "int8_target": self.int8_target, "excluded": excluded}
+                "max_drop": self.max_drop, "int8_target": self.int8_target,
+                **({"float_ops": list(self.float_ops)} if self.float_ops else {}), "excluded": excluded}
+
+    def attempts(self) -> tuple[tuple[str, ...], ...]:
+        """The op kinds kept in float on the first try and on the retry (no retry when the
+        first already keeps every sensitive kind in float)."""
+        first = tuple(op for op in SENSITIVE_OPS if op in self.float_ops)
+        return (first,) if first == SENSITIVE_OPS else (first, SENSITIVE_OPS)
 
 
 @dataclass(frozen=True)
@@ -102,8 +114,8 @@ class EvalData:
 
 def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Module, fp32_path: Path,
                       out: Path, opts: QuantizeOptions, calibration: np.ndarray | None,
-                      data: EvalData, metadata: dict[str, str],
-                      ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+                      data: EvalData, metadata: dict[str, str], reference: torch.nn.Module | None = None,
+                      ) -> tuple[list[Artifact], list[dict[str, str]]]:
     """Make, measure and place every non-FP32 precision of one variant in one format.
 
     Args:
@@ -112,9 +124,10 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
         out: the bundle directory; artifacts go to ``FORMAT/ID.PRECISION.SUFFIX``.
         calibration: this variant's own calibration inputs at its resolution.
         data: evaluation inputs and the FP32 PyTorch reference logits.
+        reference: the slimmable model at this variant (`SubnetForward`), for shared-scale int8.
 
     Returns:
-        Manifest entries of the artifacts that met the budget, and for those that did not,
+        The artifacts that met the budget, and for those that did not,
         ``{variant, format, precision, reason}``.
     """
     arts, excluded = [], []
@@ -124,9 +137,10 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
         if name == FP32 or p is None:
             continue
         reasons: list[str] = []
-        for float_ops in ((), SENSITIVE_OPS):
+        for float_ops in opts.attempts():
             entry, why = _attempt(fmt, p, variant_id, module, fp32_path, out, opts, example,
-                                  calibration if p.calibrated else None, data, metadata, float_ops)
+                                  calibration if p.calibrated else None, data, metadata, float_ops,
+                                  reference)
             if entry is not None:
                 arts.append(entry)
                 break
@@ -144,13 +158,15 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
 def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.Module,
              fp32_path: Path, out: Path, opts: QuantizeOptions, example: np.ndarray,
              calibration: np.ndarray | None, data: EvalData, metadata: dict[str, str],
-             float_ops: tuple[str, ...]) -> tuple[dict[str, Any] | None, str]:
+             float_ops: tuple[str, ...], reference: torch.nn.Module | None = None,
+             ) -> tuple[Artifact | None, str]:
     rel = Path(fmt.name) / f"{variant_id}.{p.name}{fmt.suffix}"
     target = out / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quant-") as work:
         job = QuantJob(fp32_path, module, example, calibration, opts.method, float_ops,
-                       dict(metadata), Path(work) / target.name, fmt.layout, fmt, opts.int8_target)
+                       dict(metadata), Path(work) / target.name, fmt.layout, fmt, opts.int8_target,
+                       reference)
         try:
             p.quantize(job)
         except Exception as e:  # a quantizer that fails leaves this precision out, with why
@@ -169,12 +185,10 @@ def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.
             return None, why
         _place(job.out, target)
     quant = {"scheme": p.scheme, "calibrated": p.calibrated, "float_ops": list(float_ops)}
-    delegation = fmt.delegation(target)
     if p.uses_target:
         quant["target"] = opts.int8_target
-    return {"format": fmt.name, "precision": p.name, "path": rel.as_posix(),
-            "sha256": _digest(target), "bytes": _size(target), **entry, "quantization": quant,
-            **({"delegation": delegation} if delegation is not None else {})}, ""
+    return Artifact.placed(out, rel, fmt.name, p.name, quantization=quant,
+                           delegation=fmt.delegation(target), **entry), ""
 
 
 def _measure(p: Precision, logits: np.ndarray, data: EvalData, max_drop: float,
@@ -210,17 +224,6 @@ def _place(src: Path, target: Path) -> None:
     os.replace(src, target)
 
 
-def _digest(path: Path) -> str:
-    """The manifest's hash: a directory artifact by the documented `sha256_tree` recipe
-    (docs/bundle-format.md), which apps and `slimvit verify` recompute."""
-    return sha256_file(path) if path.is_file() else sha256_tree(path)
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*")
-                                                          if f.is_file())
-
-
 @dataclass(frozen=True)
 class VariantQuant:
     """The precisions loop bound to one variant: its calibration inputs and evaluation data."""
@@ -228,11 +231,12 @@ class VariantQuant:
     opts: QuantizeOptions
     calibration: np.ndarray | None
     data: EvalData
+    reference: torch.nn.Module | None = None  # SubnetForward: what shared-scale int8 slices
 
     def export(self, fmt: ExportFormat, variant_id: str, module: torch.nn.Module, fp32_path: Path,
-               out: Path, metadata: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+               out: Path, metadata: dict[str, str]) -> tuple[list[Artifact], list[dict[str, str]]]:
         return export_precisions(fmt, variant_id, module, fp32_path, out, self.opts,
-                                 self.calibration, self.data, metadata)
+                                 self.calibration, self.data, metadata, self.reference)
 
 
 def for_variant(opts: QuantizeOptions, pre: Preprocess, resolution: int,
@@ -250,14 +254,15 @@ def for_variant(opts: QuantizeOptions, pre: Preprocess, resolution: int,
         rng = np.random.default_rng(0)
         x = rng.standard_normal((32, len(pre.mean), resolution, resolution)).astype(np.float32)
         data = EvalData.build(reference, x, None, "random normal inputs")
-    return VariantQuant(opts, calib, data)
+    return VariantQuant(opts, calib, data, reference)
 
 
 def quantize_options(precisions: str | tuple[str, ...] | list[str] | None, calibration: str | None,
                      pre: Preprocess, samples: int = 128, seed: int = 0, method: str = "minmax",
                      max_drop: float = DEFAULT_MAX_DROP,
                      warn: Callable[[str], None] | None = None,
-                     int8_target: str = DEFAULT_TARGET) -> QuantizeOptions | None:
+                     int8_target: str = DEFAULT_TARGET,
+                     float_ops: str | tuple[str, ...] = ()) -> QuantizeOptions | None:
     """Options from CLI-style values (``"fp32,fp16,int8"``); None when only fp32 is asked for.
 
     Raises:
@@ -267,9 +272,11 @@ def quantize_options(precisions: str | tuple[str, ...] | list[str] | None, calib
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
     check_target(int8_target)
+    if isinstance(float_ops, str):
+        float_ops = tuple(op.strip() for op in float_ops.split(",") if op.strip())
     names = tuple(precisions or (FP32,))
     if names == (FP32,) and calibration is None:
         return None
     check_method(method)
     cal = load_calibration(calibration, pre, samples, seed, warn) if calibration is not None else None
-    return QuantizeOptions(names, cal, method, max_drop, int8_target)
+    return QuantizeOptions(names, cal, method, max_drop, int8_target, tuple(float_ops))

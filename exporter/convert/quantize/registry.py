@@ -45,6 +45,8 @@ class QuantJob:
         converter: the format instance the FP32 artifact was made with, so a precision that
             converts again keeps its settings (e.g. the Core ML deployment target).
         target: the int8 target CPU (`exporter.convert.quantize.targets`) the recipe is tuned for.
+        reference: the slimmable model fixed at this variant (`SubnetForward`: ``.model``, ``.s``),
+            for precisions that share weights across widths (shared-scale int8); None otherwise.
     """
 
     fp32_path: Path
@@ -58,6 +60,7 @@ class QuantJob:
     layout: str = "NCHW"
     converter: Any = field(default=None, repr=False)  # an ExportFormat (not imported: no cycle)
     target: str = DEFAULT_TARGET
+    reference: Any = field(default=None, repr=False)  # SubnetForward (nn, not imported here)
 
 
 Quantizer = Callable[[QuantJob], None]

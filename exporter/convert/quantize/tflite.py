@@ -11,6 +11,7 @@ from __future__ import annotations
 from exporter.convert.formats.base import quiet
 from exporter.convert.formats.tflite import finish_flatbuffer
 from exporter.convert.quantize.registry import Precision, QuantJob, register
+from exporter.convert.quantize.tflite_share import share_weights
 
 SIGNATURE = "serving_default"
 # Ops kept in float on a retry, per sensitive kind. litert-torch lowers LayerNorm to
@@ -37,10 +38,15 @@ def _keep_float(qt, job: QuantJob) -> None:
                                       algorithm_key=AlgorithmName.NO_QUANTIZE)
 
 
-def _write(qt, job: QuantJob, precision: str, calibration=None) -> None:
+def _write(qt, job: QuantJob, precision: str, calibration=None, shared: bool = False) -> None:
 
     result = qt.quantize(calibration, enable_progress_report=False)
-    data = finish_flatbuffer(bytes(result.quantized_model), {**job.metadata, "slimvit.precision": precision})
+    data = bytes(result.quantized_model)
+    if shared:  # shared-scale int8: every width's int8 weights a slice of one copy
+        if job.reference is None:
+            raise ValueError("shared-scale int8 needs the slimmable model (export through export_bundle)")
+        data = share_weights(data, job.fp32_path.read_bytes(), job.reference.model, job.reference.s)
+    data = finish_flatbuffer(data, {**job.metadata, "slimvit.precision": precision})
     job.out.write_bytes(data)
 
 
@@ -60,14 +66,14 @@ def quantize_fp16(job: QuantJob) -> None:
         _write(qt, job, "fp16")
 
 
-def quantize_int8_dynamic(job: QuantJob) -> None:
+def quantize_int8_dynamic(job: QuantJob, shared: bool = False) -> None:
     from ai_edge_quantizer import recipe
 
     with quiet():
         qt = _quantizer(job)
         qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
         _keep_float(qt, job)
-        _write(qt, job, "int8-dynamic")
+        _write(qt, job, "int8-dynamic-shared" if shared else "int8-dynamic", shared=shared)
 
 
 # Ops whose int8 form the XNNPACK delegate (ai-edge-litert 2.3) leaves to the interpreter, found
@@ -143,3 +149,10 @@ INT8_XNNPACK = register(Precision("int8-xnnpack", "tflite", "static int8 for the
                                   "matmuls in float, so the graph stays one XNNPACK partition; "
                                   "min/max ranges, float32 input/output", calibrated=True,
                                   min_agreement=0.8, quantize=quantize_int8_xnnpack, uses_target=True))
+INT8_DYNAMIC_SHARED = register(Precision("int8-dynamic-shared", "tflite", "int8-dynamic with shared-scale "
+                                         "weights: the slimmable weights (LayerNorm gammas folded as the "
+                                         "converter folds them) quantized once per output channel, each "
+                                         "width's int8 weights and scales a slice of them",
+                                         calibrated=False, min_agreement=0.8,
+                                         quantize=lambda job: quantize_int8_dynamic(job, shared=True),
+                                         uses_target=True))

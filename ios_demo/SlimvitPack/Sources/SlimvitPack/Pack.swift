@@ -216,6 +216,18 @@ public final class Pack {
         return Data(out)
     }
 
+    /// Where a file lies in the pack file as it is: (offset, length) when its op stream is one copy
+    /// from a raw blob (each group's widest artifact; raw blobs start at multiples of 64), else nil.
+    /// An app maps that region (`Data(contentsOf:options: .alwaysMapped)` of the pack, then a
+    /// slice) instead of rebuilding; the bytes are not checked yet: hash them, or rely on a check
+    /// recorded at install time.
+    public func region(_ path: String) throws -> (offset: Int, length: Int)? {
+        guard let f = byPath[path] else { throw PackError(code: "format", message: "\(name): holds no file \"\(path)\"") }
+        let ops = try ops(f)
+        guard ops.count == 1, ops[0].blob >= 0, blobs[ops[0].blob].codec == 0 else { return nil }
+        return (dataStart + blobs[ops[0].blob].offset + ops[0].offset, ops[0].length)
+    }
+
     /// Every listed file, all op streams checked before any file is rebuilt.
     public func readAll() throws -> [String: Data] {
         for f in files { _ = try ops(f) }

@@ -28,6 +28,12 @@ final class PackConformanceTests: XCTestCase {
                         && e?["sha256"] as? String == hexString(SHA256.hash(data: data))
                 }
                 if !same { failed.append("\(name): rebuilt files differ") }
+                let regions = c["regions"] as? [String: Any] ?? [:]
+                for f in pack.files {
+                    let wantRegion = (regions[f.path] as? [NSNumber])?.map(\.intValue)
+                    let got = try pack.region(f.path).map { [$0.offset, $0.length] }
+                    if wantRegion != got { failed.append("\(name): region of \(f.path) is \(String(describing: got)), expected \(String(describing: wantRegion))") }
+                }
             } catch let e as PackError {
                 if e.code != want { failed.append("\(name): refused as \(e.code): \(e.message)") }
                 if e.message.contains("\n") { failed.append("\(name): message is not one line") }

@@ -6,12 +6,11 @@ import dev.slimvit.policy.VariantInfo
 import org.tensorflow.lite.Interpreter
 import org.tensorflow.lite.gpu.CompatibilityList
 import org.tensorflow.lite.gpu.GpuDelegate
-import java.io.File
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
 
 /** One variant's LiteRT interpreter: GPU delegate when the device supports it, else XNNPACK. */
-class Classifier(file: File, val variant: VariantInfo, private val manifest: Manifest, threads: Int = 4) : AutoCloseable {
+class Classifier(model: ByteBuffer, val variant: VariantInfo, private val manifest: Manifest, threads: Int = 4) : AutoCloseable {
     private val gpu: GpuDelegate? = if (CompatibilityList().isDelegateSupportedOnThisDevice) GpuDelegate() else null
     val delegate: String = if (gpu != null) "gpu" else "xnnpack"
     private val interpreter: Interpreter
@@ -21,7 +20,7 @@ class Classifier(file: File, val variant: VariantInfo, private val manifest: Man
         val t0 = System.nanoTime()
         val options = Interpreter.Options().setNumThreads(threads).setUseXNNPACK(true)
         gpu?.let { options.addDelegate(it) }
-        interpreter = Interpreter(file, options)
+        interpreter = Interpreter(model, options)  // a mapping of the pack or of a rebuilt file
         loadMs = (System.nanoTime() - t0) / 1e6
     }
 

@@ -21,8 +21,7 @@ class Profiler(private val store: BundleStore, private val runs: Int = 100, priv
         var delegate = "xnnpack"
         for (variant in manifest.variants) for (artifact in variant.artifacts.filter { it.format == "tflite" }) {
             progress("${variant.id} ${artifact.precision}")
-            val file = store.verifiedFile(artifact)
-            Classifier(file, variant, manifest, threads).use { c ->
+            Classifier(store.model(artifact), variant, manifest, threads).use { c ->
                 delegate = c.delegate
                 val input = c.preprocess(sample)
                 val first = c.classify(input).third

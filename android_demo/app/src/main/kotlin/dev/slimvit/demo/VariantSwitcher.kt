@@ -37,7 +37,7 @@ class VariantSwitcher(private val store: BundleStore, private val threads: Int =
         val variant = store.manifest.variant(policy.tiers[tier])
         val artifact = store.manifest.artifact(variant.id, "tflite")
             ?: throw IllegalStateException("variant ${variant.id} has no tflite artifact in this bundle")
-        return Classifier(store.verifiedFile(artifact), variant, store.manifest, threads)
+        return Classifier(store.model(artifact), variant, store.manifest, threads)
     }
 
     private fun preload(tier: Int) {

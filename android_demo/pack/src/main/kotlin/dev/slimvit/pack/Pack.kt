@@ -2,6 +2,8 @@ package dev.slimvit.pack
 
 import java.io.File
 import java.io.RandomAccessFile
+import java.nio.MappedByteBuffer
+import java.nio.channels.FileChannel
 import java.security.MessageDigest
 import java.util.zip.DataFormatException
 import java.util.zip.Inflater
@@ -232,6 +234,35 @@ class Pack(private val source: PackSource, val maxFileBytes: Long = 2L shl 30,
         val digest = hex(MessageDigest.getInstance("SHA-256").digest(out))
         if (digest != f.sha256) fail("hash", "rebuilt ${f.path} has another sha256 than the pack states")
         return out
+    }
+
+    /**
+     * Where [path] lies in the pack file as it is: (offset, length) when its op stream is one copy
+     * from a raw blob (each group's widest artifact; raw blobs start at multiples of 64), else
+     * null (rebuild it with [read] or [materialize]). The bytes there are not checked yet.
+     */
+    fun region(path: String): Pair<Long, Long>? {
+        val f = byPath[path] ?: fail("format", "holds no file \"$path\"")
+        val ops = ops(f)
+        if (ops.size != 1 || ops[0].blob < 0 || blobs[ops[0].blob].codec != 0) return null
+        return Pair(dataStart + blobs[ops[0].blob].offset + ops[0].offset, ops[0].length)
+    }
+
+    /**
+     * [path] as a read-only mapping of the pack file ([channel] of the same file), no copy: what
+     * LiteRT's `Interpreter(ByteBuffer)` and ONNX Runtime's `createSession(ByteBuffer)` take. Its
+     * sha256 is checked against the header unless [checkHash] is false (an app that checked it
+     * once at install time and recorded that). Null when the file must be rebuilt instead.
+     */
+    fun map(channel: FileChannel, path: String, checkHash: Boolean = true): MappedByteBuffer? {
+        val (offset, length) = region(path) ?: return null
+        val buf = channel.map(FileChannel.MapMode.READ_ONLY, offset, length)
+        if (checkHash) {
+            val md = MessageDigest.getInstance("SHA-256")
+            md.update(buf.duplicate())
+            if (hex(md.digest()) != byPath[path]!!.sha256) fail("hash", "$path in the pack has another sha256 than the pack states")
+        }
+        return buf
     }
 
     /** Every listed file, all op streams checked before any file is rebuilt. */

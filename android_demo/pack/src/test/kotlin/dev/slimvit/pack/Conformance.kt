@@ -15,6 +15,7 @@ import kotlin.system.exitProcess
  */
 fun main(args: Array<String>) {
     if (args.isNotEmpty() && args[0] == "--bench") return bench(File(args[1]), args[2], args[3].toInt())
+    if (args.isNotEmpty() && args[0] == "--bench-map") return benchMap(File(args[1]), args[2], args[3].toInt())
     val path = if (args.isNotEmpty()) args[0] else "conformance/pack_vectors.json"
     @Suppress("UNCHECKED_CAST")
     val doc = Json.parse(File(path).readText()) as? Map<String, Any?> ?: throw JsonException("$path: not an object")
@@ -35,10 +36,16 @@ fun main(args: Array<String>) {
             val expect = (case["files"] as Map<String, Map<String, Any?>>?)?.mapValues { (_, v) ->
                 mapOf("size" to (v["size"] as Number).toLong(), "sha256" to v["sha256"])
             }
+            @Suppress("UNCHECKED_CAST")
+            val regions = (case["regions"] as Map<String, List<Number>?>?)?.mapValues { (_, v) ->
+                v?.let { Pair(it[0].toLong(), it[1].toLong()) }
+            }
+            val gotRegions = pack.files.associate { it.path to pack.region(it.path) }
             when {
                 want != null -> "accepted a pack that must be refused ($want)"
                 got != expect -> "rebuilt $got, expected $expect"
-                else -> null
+                regions != null && gotRegions != regions -> "regions $gotRegions, expected $regions"
+                else -> mapProblem(bytes, pack)
             }
         } catch (e: PackException) {
             when {
@@ -51,6 +58,61 @@ fun main(args: Array<String>) {
     }
     println("pack vectors: $passed passed, $failed failed")
     if (failed > 0) exitProcess(1)
+}
+
+/**
+ * Every file stored in place, mapped from the pack written to a file: the same bytes as [Pack.read]
+ * (sha256 checked); with one byte of the region flipped, the map is refused unless told the hash
+ * was checked before. Null when all holds.
+ */
+private fun mapProblem(bytes: ByteArray, pack: Pack): String? {
+    val inPlace = pack.files.filter { pack.region(it.path) != null }
+    if (inPlace.isEmpty()) return null
+    val tmp = File.createTempFile("pack-vector", ".svpack")
+    try {
+        tmp.writeBytes(bytes)
+        java.io.RandomAccessFile(tmp, "r").use { raf ->
+            for (f in inPlace) {
+                val buf = pack.map(raf.channel, f.path) ?: return "${f.path}: no mapping"
+                val mapped = ByteArray(buf.remaining()).also { buf.get(it) }
+                if (!mapped.contentEquals(pack.read(f.path))) return "${f.path}: mapped bytes differ from the rebuilt ones"
+            }
+        }
+        val (offset, _) = pack.region(inPlace[0].path)!!
+        val flipped = bytes.copyOf().also { it[offset.toInt()] = (it[offset.toInt()].toInt() xor 1).toByte() }
+        tmp.writeBytes(flipped)
+        java.io.RandomAccessFile(tmp, "r").use { raf ->
+            val bad = Pack(flipped)
+            try {
+                bad.map(raf.channel, inPlace[0].path)
+                return "${inPlace[0].path}: a flipped byte in place was not refused"
+            } catch (e: PackException) {
+                if (e.code != "hash") return "flipped byte refused as ${e.code}, not hash"
+            }
+            if (bad.map(raf.channel, inPlace[0].path, checkHash = false) == null) return "no unchecked mapping"
+        }
+    } finally {
+        tmp.delete()
+    }
+    return null
+}
+
+/** Open [path] of [pack] in place N times (after one warm-up): map + sha256, and map alone. */
+private fun benchMap(pack: File, path: String, n: Int) {
+    java.io.RandomAccessFile(pack, "r").use { raf ->
+        FileSource(pack).use { src ->
+            for (checkHash in listOf(true, false)) {
+                val times = (0..n).map {
+                    val t0 = System.nanoTime()
+                    val p = Pack(src)
+                    val buf = p.map(raf.channel, path, checkHash) ?: error("$path is not stored in place")
+                    check(buf.capacity().toLong() == p.byPath[path]!!.size)
+                    (System.nanoTime() - t0) / 1e9
+                }.drop(1).sorted()
+                println("kotlin_map_${if (checkHash) "hash" else "nohash"}_s ${times[times.size / 2]}")
+            }
+        }
+    }
 }
 
 /** Rebuild [path] of [pack] N times (after one warm-up) and print the median seconds. */
