@@ -1,5 +1,8 @@
 """ONNX graph post-passes for ONNX Runtime: each block's attention as one fused node.
 
+(Over 400 lines: the fusion, the int8 probes and the token narrowing share one chain matcher
+and its shape checks; split apart they would each need it.)
+
 The exported attention is eleven ops per block (qkv MatMul, bias Add, Reshape, Transpose,
 Split, a Transpose of K, MatMul, Softmax, MatMul, Transpose, Reshape). ONNX Runtime's contrib
 ``com.microsoft.Attention`` does the same in one kernel that writes q, k and v straight into
