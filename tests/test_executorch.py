@@ -267,3 +267,29 @@ def test_verify_accepts_the_bundle_and_rejects_a_pte_of_another_schema(hydravit_
     data[4:8] = b"ET11"
     other.write_bytes(bytes(data))
     assert runtime_problems(other, "executorch") == ["not an ExecuTorch ET12 program (identifier b'ET11')"]
+
+
+def test_int8_of_a_token_pruned_variant_loads_and_runs_on_the_first_try(tmp_path):
+    """The first int8 try (everything XNNPACKQuantizer takes, residual adds included) of a
+    token-pruned variant: XNNPACK used to refuse it at load time ("Failed to create static
+    slice node ... invalid_parameter": the slice before the Gather read int8 and wrote float)."""
+    from calibration.data import digits
+    from exporter.convert.quantize.executorch import quantize_int8
+    from exporter.convert.quantize.registry import QuantJob
+
+    loaded = probed_model()
+    v = Variant(0.5, 0.5, 24)
+    static = extract_variant(loaded.model, v).eval()
+    calib = load_calibration("builtin", PRE, samples=16).inputs(PRE, v.resolution)
+    out = tmp_path / "p.int8.pte"
+    quantize_int8(QuantJob(tmp_path / "fp32.pte", static, calib[:1], calib, "minmax", (),
+                           {"slimvit.variant_id": "w32_k50_r24"}, out))
+    x = PRE(digits("test").subset(np.arange(0, 359, 8)).images, v.resolution).numpy()
+    got = get_format("executorch").run(out, x)  # load_method("forward") raised before
+    with torch.no_grad():
+        want = static(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and np.isfinite(got).all()
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.8  # the int8 precision's min_agreement
+    report = read_delegation(out)
+    assert report["fallback_ops"]["aten::topk"] == 3 and "aten::slice_copy" not in report["fallback_ops"]
+    assert read_metadata(out)["slimvit.precision"] == "int8"
