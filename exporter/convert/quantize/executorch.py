@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from exporter.convert.formats.base import quiet
-from exporter.convert.formats.executorch import FP32Wrapper, lower
+from exporter.convert.formats.executorch import FP32Wrapper, export_program, lower
+from exporter.convert.formats.executorch_graph import XnnLayerNorm, for_xnnpack
 from exporter.convert.quantize.registry import Precision, QuantJob, register
 
 # Module names a retry keeps in float (StaticViT's names).
@@ -35,10 +36,7 @@ def _metadata(job: QuantJob, precision: str) -> dict[str, str]:
 
 
 def _lower(module: torch.nn.Module, job: QuantJob, precision: str) -> None:
-    x = torch.from_numpy(job.example)
-    with quiet(), torch.no_grad():
-        program = torch.export.export(module, (x,))
-    job.out.write_bytes(lower(program, _metadata(job, precision)))
+    job.out.write_bytes(lower(export_program(module, job.example), _metadata(job, precision)))
 
 
 def quantize_fp16(job: QuantJob) -> None:
@@ -63,7 +61,9 @@ def _quantizer(job: QuantJob, dynamic: bool):
         spec = dataclasses.replace(config.input_activation,
                                    observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
         config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
-    quantizer = XNNPACKQuantizer()
+    # LayerNorm (written as linear/sub/mul for XNNPACK) stays float: an int8 mean and variance
+    # would lose most of the normalization's precision.
+    quantizer = XNNPACKQuantizer().set_module_type(XnnLayerNorm, None)
     if not job.float_ops:
         quantizer.set_global(config)
     else:
@@ -129,7 +129,7 @@ def _pt2e(job: QuantJob, precision: str, dynamic: bool) -> None:
     with quiet():  # torchao's import reports optional CUDA kernels it cannot load
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        graph = torch.export.export(copy.deepcopy(job.module).eval(), (x,)).module()
+        graph = torch.export.export(for_xnnpack(job.module).eval(), (x,)).module()
         prepared = prepare_pt2e(graph, _quantizer(job, dynamic))
         samples = job.calibration if not dynamic else job.example
         with torch.no_grad():
