@@ -64,6 +64,10 @@ class ExecuTorchFormat(ExportFormat):
     atol: ClassVar[float] = 1e-4
     deterministic: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("executorch",)
+    # Each precision is its own torch.export + lowering, 13-38 CPU s for a demo variant (mostly
+    # ExecuTorch's pass re-tracing; benchmarks/results/executorch.md): 4 precisions x 12
+    # variants is 15-18 CPU minutes, fp32 alone about 3.
+    demo_precisions: ClassVar[tuple[str, ...] | None] = ("fp32",)
 
     def __init__(self, layout: str | None = None) -> None:
         require_executorch()
