@@ -47,7 +47,9 @@ DEIT_TI = ViTConfig(img_size=224, patch_size=16, embed_dim=192, depth=12, num_he
 DEIT_VARIANTS = [Variant(1.0, 1.0, 224)]  # the pruned DeiT-Ti is measured in the fallback section
 GRID = VariantGrid(widths=(0.25, 1.0), keep_rates=(1.0, 0.5), resolutions=(32,))
 # format -> its int8 precisions compared here
-PRECISIONS = {"executorch": ("int8",), "tflite": ("int8", "int8-xnnpack"), "onnx": ("int8",)}
+PRECISIONS = {"executorch": ("fp16", "int8", "int8-dynamic"), "tflite": ("int8", "int8-xnnpack"),
+              "onnx": ("int8",)}
+EXPORT_COLUMNS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-xnnpack")
 RUNTIME = {"executorch": "ExecuTorch", "tflite": "LiteRT", "onnx": "ONNX Runtime"}
 ROUNDS = 5
 
@@ -134,7 +136,7 @@ def measure_shape(label: str, module: nn.Module, calib: np.ndarray, work: Path, 
         p, secs = make(fmt_name, module, calib, work, f"{label}-{fmt_name}")
         paths |= {(fmt_name, k): v for k, v in p.items()}
         export_rows.append([label, RUNTIME[fmt_name]] + [f"{secs[k]:.1f}" if k in secs else "-"
-                                                         for k in ("fp32", "int8", "int8-xnnpack")])
+                                                         for k in EXPORT_COLUMNS])
         print(f"  exported {label} {fmt_name}: {secs} ({load()})", file=sys.stderr, flush=True)
     x = calib[:1]
     runners, failed = {}, {}
@@ -233,12 +235,12 @@ def main() -> None:
         f"machine ({start_load} at the start, {load()} at the end; 2 cores for several jobs), so "
         "ratios from interleaved rounds are steadier than absolute times. One thread, batch 1, random "
         "weights; calibration on random normal inputs.\n",
-        "### INT8 / FP32 per runtime (latency ratio: below 1.00x int8 is slower)\n",
-        md_table(["shape", "runtime", "precision", "fp32 ms", "int8 ms", "speedup"], summary),
+        "### Each precision / FP32 per runtime (latency ratio: below 1.00x it is slower)\n",
+        md_table(["shape", "runtime", "precision", "fp32 ms", "precision ms", "speedup"], summary),
         "\n### Latency\n",
         md_table(["variant", "runtime", "precision", "median ms", "speedup vs fp32", "MB"], rows),
         "\n### Export time per variant per format (wall seconds; int8 columns: quantize + convert)\n",
-        md_table(["variant", "format", "fp32 s", "int8 s", "int8-xnnpack s"], export_rows),
+        md_table(["variant", "format", *(f"{k} s" for k in EXPORT_COLUMNS)], export_rows),
         "\n### XNNPACK delegation per artifact\n",
         md_table(["variant", "runtime", "precision", "delegated"], deleg),
         "\n### What a pruned variant's token selection (TopK/Gather, outside the delegate) costs\n",

@@ -140,6 +140,8 @@ def test_timm_style_vit_exports_at_two_widths_and_keep_rates(tmp_path):
     for v in manifest["variants"]:
         (art,) = v["artifacts"]
         assert art["validation"]["max_abs_diff"] <= ATOL and art["delegation"]["partitions"] >= 1
+        if v["keep_rate"] == 1.0:  # LayerNorm, expands, q/k/v split and class-token select rewritten
+            assert art["delegation"]["partitions"] == 1 and art["delegation"]["fallback_ops"] == {}, v["id"]
         got = fmt.run(out / art["path"], x.numpy())
         if v["keep_rate"] == 1.0:  # against the independent timm-style reference
             k = v["num_heads"]
@@ -225,7 +227,11 @@ def test_precisions_run_in_the_runtime_within_budget_with_delegation(tmp_path):
     from exporter.measure.report_delegation import delegation_table
 
     table = delegation_table(manifest)
-    assert table.count("<tr>") == 1 + len(arts) and "aten::native_layer_norm ×" in table
+    assert table.count("<tr>") == 1 + len(arts) and "aten::gelu ×" in table  # fp16 GELU falls back
+    # LayerNorm and the copies are rewritten for XNNPACK: a dense fp32/int8 program is one partition.
+    for name in ("fp32", "int8"):
+        assert arts[("executorch", name)]["delegation"]["partitions"] == 1, arts[("executorch", name)]
+        assert arts[("executorch", name)]["delegation"]["fallback_ops"] == {}
     assert "What runs in the XNNPACK delegate" in render_page(manifest)
 
 
@@ -267,3 +273,90 @@ def test_verify_accepts_the_bundle_and_rejects_a_pte_of_another_schema(hydravit_
     data[4:8] = b"ET11"
     other.write_bytes(bytes(data))
     assert runtime_problems(other, "executorch") == ["not an ExecuTorch ET12 program (identifier b'ET11')"]
+
+
+def test_int8_of_a_token_pruned_variant_loads_and_runs_on_the_first_try(tmp_path):
+    """The first int8 try (everything XNNPACKQuantizer takes, residual adds included) of a
+    token-pruned variant: XNNPACK used to refuse it at load time ("Failed to create static
+    slice node ... invalid_parameter": the slice before the Gather read int8 and wrote float)."""
+    from calibration.data import digits
+    from exporter.convert.quantize.executorch import quantize_int8
+    from exporter.convert.quantize.registry import QuantJob
+
+    loaded = probed_model()
+    v = Variant(0.5, 0.5, 24)
+    static = extract_variant(loaded.model, v).eval()
+    calib = load_calibration("builtin", PRE, samples=16).inputs(PRE, v.resolution)
+    out = tmp_path / "p.int8.pte"
+    quantize_int8(QuantJob(tmp_path / "fp32.pte", static, calib[:1], calib, "minmax", (),
+                           {"slimvit.variant_id": "w32_k50_r24"}, out))
+    x = PRE(digits("test").subset(np.arange(0, 359, 8)).images, v.resolution).numpy()
+    got = get_format("executorch").run(out, x)  # load_method("forward") raised before
+    with torch.no_grad():
+        want = static(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and np.isfinite(got).all()
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.8  # the int8 precision's min_agreement
+    report = read_delegation(out)
+    assert report["fallback_ops"]["aten::topk"] == 3 and "aten::slice_copy" not in report["fallback_ops"]
+    assert read_metadata(out)["slimvit.precision"] == "int8"
+
+
+_CHILD = """
+import os, sys
+import numpy as np
+from exporter.convert.formats import get_format
+from exporter.convert.formats.executorch import read_metadata, runtime_stderr, set_threads
+
+set_threads(1)
+print(get_format("executorch").run(sys.argv[1], np.zeros((2, 3, 32, 32), np.float32)).shape)
+print(read_metadata(sys.argv[1])["slimvit.variant_id"])
+with runtime_stderr():  # what the runtime's C++ writes to fd 2
+    os.write(2, b"[cpuinfo_utils.cpp:71] Reading file /sys/devices/soc0/image_version\\n")
+    os.write(2, b"[XNNCompiler.cpp:1610] a real error [/x]\\n")
+"""
+_RAW = """
+import sys, torch
+from executorch.runtime import Runtime
+Runtime.get().load_program(sys.argv[1]).load_method("forward").execute([torch.zeros(1, 3, 32, 32)])
+"""
+
+
+def test_runtime_cpuinfo_lines_are_silenced_and_other_stderr_is_kept(pruned):
+    _, path = pruned
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    raw = subprocess.run([sys.executable, "-c", _RAW, str(path)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert raw.returncode == 0 and "[cpuinfo_utils.cpp:" in raw.stderr  # what the runtime prints
+    ours = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.split() == ["(2,", "10)", "w32_k50_r32"]
+    assert "cpuinfo_utils" not in ours.stderr
+    assert "[XNNCompiler.cpp:1610] a real error [/x]" in ours.stderr
+    worker = subprocess.run([sys.executable, "exporter/measure/worker.py", "--runtime", "executorch",
+                             "--model", str(path), "--runs", "2", "--warmup", "1"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert worker.returncode == 0 and json.loads(worker.stdout.splitlines()[-1])["p50_ms"] > 0
+    assert "cpuinfo_utils" not in worker.stderr
+
+
+def test_layernorm_written_for_xnnpack_matches_torch_and_leaves_the_module_alone():
+    from exporter.convert.formats.executorch_graph import XnnLayerNorm, for_xnnpack
+
+    static = extract_variant(tiny_model(seed=2), Variant(0.5, 1.0, 32)).eval()
+    swapped = for_xnnpack(static)
+    norms = [m for m in static.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * len(static.blocks) + 1  # the source keeps its LayerNorms
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in swapped.modules())
+    assert sum(isinstance(m, XnnLayerNorm) for m in swapped.modules()) == len(norms)
+    g = torch.Generator().manual_seed(0)
+    for x in (torch.randn(1, 17, 32, generator=g),
+              100 + torch.randn(1, 17, 32, generator=g),  # an offset 100x the spread
+              -5e4 * torch.rand(1, 17, 32, generator=g), torch.zeros(1, 17, 32)):
+        for norm in norms[:2]:
+            want = norm(x)
+            got = XnnLayerNorm(norm)(x)
+            assert torch.allclose(got, want, atol=2e-4, rtol=1e-4), (got - want).abs().max()
+    x = torch.from_numpy(_inputs(32, n=2))
+    with torch.no_grad():
+        assert (swapped(x) - static(x)).abs().max() <= 1e-5

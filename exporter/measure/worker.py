@@ -14,12 +14,16 @@ baseline is taken.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import resource
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,12 +126,36 @@ def _executorch_load(path: Path, threads: int) -> Invoke:
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime as ETRuntime
 
-    if threads > 0 and portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)  # the XNNPACK delegate's thread pool
-    method = ETRuntime.get().load_program(path).load_method("forward")
+    with _without_cpuinfo_lines():  # the thread pool's first use probes the CPU on fd 2
+        if threads > 0 and portable_lib._threadpool_get_thread_count() != threads:
+            portable_lib._unsafe_reset_threadpool(threads)  # the XNNPACK delegate's thread pool
+        method = ETRuntime.get().load_program(path).load_method("forward")
     shape = [int(d) for d in method.metadata.input_tensor_meta(0).sizes()]
     x = [torch.from_numpy(_random_input(shape, np.float32))]
     return lambda: method.execute(x)
+
+
+@contextlib.contextmanager
+def _without_cpuinfo_lines() -> Iterator[None]:
+    # Standard library only (see the module docstring), the same rule as
+    # exporter.convert.formats.executorch.runtime_stderr: the runtime's "[cpuinfo_utils.cpp:N]"
+    # lines are dropped, every other line written to fd 2 (a load error) is passed on.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines = sink.read().decode(errors="replace").splitlines()
+            kept = [line for line in lines if not re.match(r"\[cpuinfo_utils\.cpp:\d+\] ", line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
 
 
 _LOADERS: dict[str, Callable[[Path, int], Invoke]] = {"onnxruntime": _ort_load, "litert": _litert_load,

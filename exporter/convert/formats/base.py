@@ -35,6 +35,8 @@ class ExportFormat(ABC):
         cli_options: the `slimvit export` options that only this format reads.
         deterministic: whether the same module and metadata always give the same bytes.
         requires: the Python modules its converter needs (an extra may be missing).
+        demo_precisions: the precisions `slimvit demo` exports in this format; None: every
+            registered one. For formats whose programs take long to convert.
     """
 
     name: ClassVar[str]
@@ -46,6 +48,7 @@ class ExportFormat(ABC):
     atol: ClassVar[float] = 1e-4
     can_run: ClassVar[bool] = True
     layouts: ClassVar[tuple[str, ...]] = ("NCHW",)
+    demo_precisions: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, layout: str | None = None) -> None:
         self.layout = check_choice(f"{self.name} input layout", layout or self.layouts[0], self.layouts)

@@ -2,8 +2,9 @@
 the ExecuTorch runtime (`executorch.runtime`).
 
 The staged pipeline is ExecuTorch's own: ``torch.export.export`` -> `to_edge_transform_and_lower`
-with `XnnpackPartitioner` -> ``.to_executorch()``. What XNNPACK does not take (LayerNorm, the
-token pruning's TopK/Gather, layout copies) stays in ExecuTorch's portable kernels; the
+with `XnnpackPartitioner` -> ``.to_executorch()``, with LayerNorm and a few copies rewritten so
+a dense variant is one XNNPACK partition (`executorch_graph`). What XNNPACK does not take (the
+token pruning's TopK/Gather and the head mean it ranks by) stays in portable kernels; the
 delegation report (`exporter.convert.formats.delegation`) says which ops and what share of the MACs.
 
 Metadata travels as constant methods, the way ExecuTorch programs carry values beside
@@ -16,6 +17,10 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import json
+import os
+import re
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +31,7 @@ from torch import nn
 
 from exporter.convert.formats.base import ExportFormat, converter_error, quiet
 from exporter.convert.formats.delegation import edge_delegation
+from exporter.convert.formats.executorch_graph import for_xnnpack, xnnpack_friendly
 from exporter.errors import ConfigError, ValidationError
 
 METHOD_METADATA = "slimvit_metadata"
@@ -58,6 +64,10 @@ class ExecuTorchFormat(ExportFormat):
     atol: ClassVar[float] = 1e-4
     deterministic: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("executorch",)
+    # Each precision is its own torch.export + lowering, 13-38 CPU s for a demo variant (mostly
+    # ExecuTorch's pass re-tracing; benchmarks/results/executorch.md): 4 precisions x 12
+    # variants is 15-18 CPU minutes, fp32 alone about 3.
+    demo_precisions: ClassVar[tuple[str, ...] | None] = ("fp32",)
     app_schema: ClassVar[bytes] = b"ET12"  # the .pte flatbuffer identifier ExecuTorch 1.x writes and loads
 
     @classmethod
@@ -75,16 +85,14 @@ class ExecuTorchFormat(ExportFormat):
 
     def export(self, module: nn.Module, example: np.ndarray, path: Path,
                metadata: Mapping[str, str]) -> None:
-        x = torch.from_numpy(example)
         try:
-            with quiet(), torch.no_grad():
-                program = torch.export.export(module, (x,))
+            program = export_program(module, example)
         except Exception as e:  # torch.export raises many types; name the op for the user
             raise converter_error(self.name, metadata, e) from e
         path.write_bytes(lower(program, metadata))
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
-        method = load_program(path).load_method("forward")
+        method = load_method(path, "forward")
         rows = [method.execute([torch.from_numpy(np.ascontiguousarray(inputs[i:i + 1]))])[0].numpy()
                 for i in range(len(inputs))]
         return np.concatenate(rows)
@@ -99,6 +107,13 @@ class ExecuTorchFormat(ExportFormat):
         return f"executorch {importlib.metadata.version('executorch')} (XNNPACK)"
 
 
+def export_program(module: nn.Module, example: np.ndarray) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``module`` with its LayerNorms written as ops XNNPACK takes
+    (`exporter.convert.formats.executorch_graph`), at the example's shape (batch 1)."""
+    with quiet(), torch.no_grad():
+        return torch.export.export(for_xnnpack(module).eval(), (torch.from_numpy(example),))
+
+
 def lower(program: torch.export.ExportedProgram, metadata: Mapping[str, str]) -> bytes:
     """Lower an exported program to XNNPACK and serialize it with the slimvit constant methods.
 
@@ -106,11 +121,15 @@ def lower(program: torch.export.ExportedProgram, metadata: Mapping[str, str]) ->
         ExportError: the lowering fails (names the variant and, when the message shows it, the op).
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeProgramManager, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, EdgeProgramManager, to_edge_transform_and_lower
 
     try:
         with quiet():
-            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            # The IR verifier re-checks every op's dtypes after each pass (about a tenth of the
+            # lowering time); the program is run against PyTorch before it is kept anyway.
+            edge = to_edge_transform_and_lower(program, transform_passes=[xnnpack_friendly],
+                                               partitioner=[XnnpackPartitioner()],
+                                               compile_config=EdgeCompileConfig(_check_ir_validity=False))
             lowered = edge.exported_program()
             report = edge_delegation(lowered, backend="XNNPACK")
             # The delegation report is only known after partitioning; the constant methods are
@@ -134,9 +153,10 @@ def set_threads(threads: int) -> None:
     """Size the runtime's (process-wide) XNNPACK thread pool."""
     from executorch.extension.pybindings import portable_lib
 
-    if portable_lib._threadpool_get_thread_count() != threads:
-        with quiet():  # it logs the reset from C++
-            portable_lib._unsafe_reset_threadpool(threads)
+    with runtime_stderr():  # the pool's first use probes the CPU (cpuinfo lines)
+        if portable_lib._threadpool_get_thread_count() != threads:
+            with quiet():  # it logs the reset from C++
+                portable_lib._unsafe_reset_threadpool(threads)
 
 
 def load_program(path: Path) -> Any:  # -> executorch.runtime.Program
@@ -147,11 +167,28 @@ def load_program(path: Path) -> Any:  # -> executorch.runtime.Program
         return Runtime.get().load_program(Path(path))
 
 
+def load_method(path: Path, name: str) -> Any:  # -> executorch.runtime.Method
+    """Load one method of a `.pte`. The runtime's cpuinfo probing lines are dropped; anything
+    else it logs (e.g. why XNNPACK refused a node) still reaches stderr, and a failed load
+    quotes it, since the exception alone says only "error: 0x:1".
+
+    Raises:
+        RuntimeError: the runtime cannot load the method.
+    """
+    with runtime_stderr() as log:
+        try:
+            return load_program(path).load_method(name)
+        except RuntimeError as e:
+            failure = e
+    detail = "; ".join(line.strip() for line in log if line.strip())
+    raise RuntimeError(f"{failure}{f' ({detail})' if detail else ''}") from failure
+
+
 def _constant(path: Path, method: str) -> str:
     program = load_program(path)
     if method not in program.method_names:
         raise ValidationError(f"{path} has no '{method}' method; was it exported by slimvit?")
-    return program.load_method(method).execute([])[0]
+    return load_method(path, method).execute([])[0]
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -190,6 +227,39 @@ def program_operators(path: Path) -> dict[str, int]:
                 continue
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+# Lines the runtime writes to fd 2 on its first use of the thread pool (cpuinfo probing of
+# /sys files an x86 host does not have); chatter, never an error.
+RUNTIME_CHATTER = re.compile(r"^\[cpuinfo_utils\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def runtime_stderr() -> Iterator[list[str]]:
+    """Capture file descriptor 2 (where the runtime's C++ logs) for the block; on exit, the
+    lines that are not `RUNTIME_CHATTER` are written back to stderr and appended to the
+    yielded list."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no such descriptor (embedded interpreters)
+        yield []
+        return
+    kept: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield kept
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines = sink.read().decode(errors="replace").splitlines()
+            kept += [line for line in lines if not RUNTIME_CHATTER.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager

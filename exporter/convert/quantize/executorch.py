@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import numpy as np
 import torch
 
 from exporter.convert.formats.base import quiet
-from exporter.convert.formats.executorch import FP32Wrapper, lower
+from exporter.convert.formats.executorch import FP32Wrapper, export_program, lower
+from exporter.convert.formats.executorch_graph import XnnLayerNorm, for_xnnpack
 from exporter.convert.quantize.registry import Precision, QuantJob, register
 
 # Module names a retry keeps in float (StaticViT's names).
@@ -34,10 +36,7 @@ def _metadata(job: QuantJob, precision: str) -> dict[str, str]:
 
 
 def _lower(module: torch.nn.Module, job: QuantJob, precision: str) -> None:
-    x = torch.from_numpy(job.example)
-    with quiet(), torch.no_grad():
-        program = torch.export.export(module, (x,))
-    job.out.write_bytes(lower(program, _metadata(job, precision)))
+    job.out.write_bytes(lower(export_program(module, job.example), _metadata(job, precision)))
 
 
 def quantize_fp16(job: QuantJob) -> None:
@@ -62,13 +61,56 @@ def _quantizer(job: QuantJob, dynamic: bool):
         spec = dataclasses.replace(config.input_activation,
                                    observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2 ** -12))
         config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
-    quantizer = XNNPACKQuantizer()
+    # LayerNorm (written as linear/sub/mul for XNNPACK) stays float: an int8 mean and variance
+    # would lose most of the normalization's precision.
+    quantizer = XNNPACKQuantizer().set_module_type(XnnLayerNorm, None)
     if not job.float_ops:
-        return quantizer.set_global(config)
-    for op in (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default):
-        quantizer.set_operator_type(op, config)
-    skip = tuple(n for kind in job.float_ops for n in _SENSITIVE_MODULES.get(kind, ()))
-    return quantizer.set_filter_function(lambda node: not _in_modules(node, skip))
+        quantizer.set_global(config)
+    else:
+        for op in (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default):
+            quantizer.set_operator_type(op, config)
+        skip = tuple(n for kind in job.float_ops for n in _SENSITIVE_MODULES.get(kind, ()))
+        quantizer.set_filter_function(lambda node: not _in_modules(node, skip))
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+
+    return ComposableQuantizer([quantizer, _slice_quantizer()()])
+
+
+@functools.cache
+def _slice_quantizer() -> type:
+    """A pt2e quantizer (class built on first use: torchao is part of the optional extra) that
+    gives every ``aten.slice`` of a quantized tensor its input's quantization parameters.
+
+    XNNPACKQuantizer does this for ``slice_copy`` only, but ``torch.export`` writes a slice
+    (the token pruning's ``x[:, n_prefix:]``) as ``aten.slice.Tensor``. Left unannotated, the
+    slice reads an int8 tensor and writes a float one inside the XNNPACK partition, and
+    XNNPACK refuses the program at load time ("Failed to create static slice node ...
+    invalid_parameter": a static slice must keep its input's datatype). Sharing the qparams
+    makes it an int8 -> int8 slice; the dequantize moves after it, in front of the Gather."""
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        Quantizer,
+        SharedQuantizationSpec,
+    )
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        for node in model.graph.nodes:
+            if node.op != "call_function" or node.target != torch.ops.aten.slice.Tensor:
+                continue
+            source, done = node.args[0], node.meta.get(Q_ANNOTATION_KEY)
+            if not isinstance(source, torch.fx.Node) or (done is not None and done._annotated):
+                continue
+            upstream = source.meta.get(Q_ANNOTATION_KEY)
+            if upstream is None or upstream.output_qspec is None:
+                continue  # a float tensor: nothing to keep consistent
+            shared = SharedQuantizationSpec(source)
+            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+                input_qspec_map={source: shared}, output_qspec=shared, _annotated=True)
+        return model
+
+    return type("SliceSharesQParams", (Quantizer,),
+                {"annotate": annotate, "validate": lambda self, model: None})
 
 
 def _in_modules(node, names: tuple[str, ...]) -> bool:
@@ -87,7 +129,7 @@ def _pt2e(job: QuantJob, precision: str, dynamic: bool) -> None:
     with quiet():  # torchao's import reports optional CUDA kernels it cannot load
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        graph = torch.export.export(copy.deepcopy(job.module).eval(), (x,)).module()
+        graph = torch.export.export(for_xnnpack(job.module).eval(), (x,)).module()
         prepared = prepare_pt2e(graph, _quantizer(job, dynamic))
         samples = job.calibration if not dynamic else job.example
         with torch.no_grad():

@@ -38,6 +38,10 @@ from exporter.convert.quantize.targets import DEFAULT_TARGET, check_target
 
 DEFAULT_MAX_DROP = 0.01
 _OVER_BUDGET = ("agreement", "top-1 drop")  # how _measure's reasons start: worth a retry
+# An artifact the runtime cannot load or run is retried too: the retry's program differs (sensitive
+# ops in float), e.g. XNNPACK refusing a quantized node it would take in float.
+_MEASURING_FAILED = "measuring failed"
+_RETRY = (*_OVER_BUDGET, _MEASURING_FAILED)
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
                 arts.append(entry)
                 break
             reasons.append(f"{'with ' + '/'.join(float_ops) + ' in float: ' if float_ops else ''}{why}")
-            if not why.startswith(_OVER_BUDGET):  # a retry only helps accuracy
+            if not why.startswith(_RETRY):  # a retry only helps accuracy or a failed run
                 excluded.append({"variant": variant_id, "format": fmt.name, "precision": name,
                                  "reason": why})
                 break
@@ -179,7 +183,7 @@ def _attempt(fmt: ExportFormat, p: Precision, variant_id: str, module: torch.nn.
             else:
                 logits, method = p.simulate(job, data.inputs), p.simulation
         except Exception as e:  # an artifact that cannot be measured is not shipped
-            return None, f"measuring failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            return None, f"{_MEASURING_FAILED}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         entry, why = _measure(p, logits, data, opts.max_drop, method)
         if entry is None:
             return None, why
