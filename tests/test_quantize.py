@@ -13,6 +13,8 @@ import torch
 
 from calibration.data import Preprocess, digits
 from calibration.sources import load_calibration
+from exporter.convert.formats import FORMATS
+from exporter.demo import DEMO_PER_FORMAT
 from exporter.errors import ConfigError
 from exporter.bundle.export import export_bundle
 from exporter.checkpoints import LoadedModel
@@ -289,3 +291,12 @@ def test_float_ops_are_a_per_op_type_override_of_the_first_try(onnx_bundle, load
     assert not left and art.quantization["float_ops"] == ["softmax", "gelu"]
     with pytest.raises(ConfigError, match='did you mean "gelu"'):
         QuantizeOptions(("int8",), cal, float_ops=("gleu",))
+
+
+def test_per_format_limits_the_precisions_of_one_format():
+    opts = QuantizeOptions(("fp32", "fp16", "int8"), load_calibration("builtin", PRE, samples=8),
+                           per_format={"executorch": ("fp32",)})
+    assert opts.for_format("executorch") == ("fp32",) and opts.for_format("onnx") == ("fp32", "fp16", "int8")
+    assert opts.describe([])["per_format"] == {"executorch": ["fp32"]}
+    # the demo's limits come from the format registry, not from a list of its own
+    assert DEMO_PER_FORMAT == {n: f.demo_precisions for n, f in FORMATS.items() if f.demo_precisions is not None}

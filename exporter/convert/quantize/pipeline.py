@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class QuantizeOptions:
         int8_target: the CPU int8 recipes are tuned for (`exporter.convert.quantize.targets`).
         float_ops: per-op-type overrides: op kinds of `SENSITIVE_OPS` every quantized artifact
             keeps in float from the first try; the retry adds the rest.
+        per_format: precisions a format is limited to (format name -> names); a format not in
+            it gets every one of ``precisions`` it has (the demo keeps ExecuTorch to fp32).
     """
 
     precisions: tuple[str, ...] = (FP32,)
@@ -64,6 +66,7 @@ class QuantizeOptions:
     max_drop: float = DEFAULT_MAX_DROP
     int8_target: str = DEFAULT_TARGET
     float_ops: tuple[str, ...] = ()
+    per_format: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_method(self.method)
@@ -90,7 +93,14 @@ class QuantizeOptions:
                                                                      "seed": 0}
         return {**src, "method": self.method, "precisions": list(self.precisions),
                 "max_drop": self.max_drop, "int8_target": self.int8_target,
-                **({"float_ops": list(self.float_ops)} if self.float_ops else {}), "excluded": excluded}
+                **({"float_ops": list(self.float_ops)} if self.float_ops else {}),
+                **({"per_format": {k: list(v) for k, v in self.per_format.items()}} if self.per_format else {}),
+                "excluded": excluded}
+
+    def for_format(self, fmt: str) -> tuple[str, ...]:
+        """The precisions exported in format ``fmt`` (`per_format` applied)."""
+        only = self.per_format.get(fmt)
+        return self.precisions if only is None else tuple(p for p in self.precisions if p in only)
 
     def attempts(self) -> tuple[tuple[str, ...], ...]:
         """The op kinds kept in float on the first try and on the retry (no retry when the
@@ -136,7 +146,7 @@ def export_precisions(fmt: ExportFormat, variant_id: str, module: torch.nn.Modul
     """
     arts, excluded = [], []
     example = calibration[:1] if calibration is not None else data.inputs[:1]
-    for name in opts.precisions:
+    for name in opts.for_format(fmt.name):
         p = get_precision(fmt.name, name)
         if name == FP32 or p is None:
             continue
