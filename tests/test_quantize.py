@@ -13,12 +13,11 @@ import torch
 
 from calibration.data import Preprocess, digits
 from calibration.sources import load_calibration
-from exporter.convert.formats import FORMATS
+from exporter.convert.formats import FORMATS, get_format
 from exporter.demo import DEMO_PER_FORMAT
 from exporter.errors import ConfigError
 from exporter.bundle.export import export_bundle
 from exporter.checkpoints import LoadedModel
-from exporter.convert.formats import get_format
 from exporter.convert.quantize import (
     SENSITIVE_OPS,
     QuantizeOptions,
