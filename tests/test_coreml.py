@@ -124,7 +124,7 @@ def test_the_weight_check_catches_a_changed_weight(bundle, model):
     assert fmt.check(path, static, example)[-1] == "56 weights"
     with torch.no_grad():
         static.blocks[2].mlp.fc1.weight[3, 5] += 1e-3
-    with pytest.raises(ValidationError, match=r"weight blocks\.2\.fc1\.weight \(128, 32\) missing or changed"):
+    with pytest.raises(ValidationError, match=r"weight blocks\.2\.mlp\.fc1\.weight \(128, 32\) missing or changed"):
         fmt.check(path, static, example)
 
 

@@ -36,8 +36,9 @@ def calibrated(half, images):
 
 
 def test_ranges_cover_every_calibration_sample(half, images, calibrated):
-    # symmetric uint8 of a signed tensor: zero point 128, scale = max|x| / 127.5 over all samples
-    assert w8a8.activation_scales(calibrated)[0] == pytest.approx(np.abs(images).max() / 127.5, rel=1e-6)
+    # affine uint8: scale = (max - min) / 255 over all samples (the range always holds 0)
+    lo, hi = min(float(images.min()), 0.0), max(float(images.max()), 0.0)
+    assert w8a8.activation_scales(calibrated)[0] == pytest.approx((hi - lo) / 255, rel=1e-6)
     early = w8a8.calibrated_module(half, images[:1], images[:4])
     first, every = w8a8.activation_scales(early), w8a8.activation_scales(calibrated)
     assert sum(a < b - 1e-9 for a, b in zip(first, every, strict=True)) >= len(every) // 2

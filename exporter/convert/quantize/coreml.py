@@ -171,9 +171,9 @@ PALETTIZED = register(Precision("palettized", "coreml", f"{PALETTE_BITS}-bit k-m
                                 "(palettize_weights), float activations", calibrated=False,
                                 min_agreement=0.8, quantize=quantize_palettized,
                                 simulate=simulate_weights, simulation=_WEIGHTS))
-INT8 = register(Precision("int8", "coreml", "W8A8: uint8 activations calibrated with min/max "
+INT8 = register(Precision("int8", "coreml", "W8A8: affine uint8 activations calibrated with min/max "
                           "observers (coremltools.optimize.torch LinearQuantizer) and per-channel "
-                          "symmetric int8 weights; iOS17+", calibrated=True, min_agreement=0.8,
+                          "affine int8 weights; iOS17+", calibrated=True, min_agreement=0.8,
                           quantize=quantize_int8, simulate=simulate_int8,
                           simulation="PyTorch running the calibrated module the artifact was "
                           "converted from, in float32 (same activation scales and int8 weights, "

@@ -66,8 +66,11 @@ def calibrated_module(module: nn.Module, example: np.ndarray, calibration: np.nd
         ModuleLinearQuantizerConfig,
     )
 
+    # affine: each activation's zero point follows its own min/max. The symmetric scheme puts a
+    # signed tensor's zero point at 128, so a skewed one (GELU outputs, LayerNorm outputs with
+    # shifted channels) wastes part of the grid: demo worst drop 1.39 -> 0.56 p.p. (w16_k50_r24).
     per_module = ModuleLinearQuantizerConfig(
-        quantization_scheme="symmetric", weight_per_channel=True, activation_observer="min_max",
+        quantization_scheme="affine", weight_per_channel=True, activation_observer="min_max",
         weight_observer="min_max", milestones=[0, NEVER, NEVER, 0])
     config = LinearQuantizerConfig(
         global_config=per_module,
