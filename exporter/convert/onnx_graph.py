@@ -153,7 +153,8 @@ def _ensure_ms_opset(model: onnx.ModelProto) -> None:
 
 
 def _prune(model: onnx.ModelProto) -> None:
-    """Drop nodes whose outputs nobody reads and initializers no node reads."""
+    """Drop nodes whose outputs nobody reads, initializers no node reads, and the value_info of
+    values no node makes any more (stale type annotations of removed intermediates)."""
     g = model.graph
     while True:
         used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
@@ -168,6 +169,10 @@ def _prune(model: onnx.ModelProto) -> None:
     keep_init = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep_init)
+    made = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | {i.name for i in g.input}
+    keep_info = [v for v in g.value_info if v.name in made]
+    del g.value_info[:]
+    g.value_info.extend(keep_info)
 
 
 def _replace(model: onnx.ModelProto, swaps: dict[int, onnx.NodeProto], drop: set[int]) -> None:
