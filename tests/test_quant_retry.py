@@ -64,9 +64,9 @@ def test_a_program_the_runtime_refuses_is_retried_with_sensitive_ops_in_float(fm
     fp32, out, arts, left = _run(fmt_name, variant, tmp_path, monkeypatch, always=False)
     assert left == []
     (art,) = arts
-    assert art["quantization"]["float_ops"] == list(SENSITIVE_OPS)
-    assert art["validation"]["agreement"] == 1.0
-    assert (out / art["path"]).read_bytes() == fp32.read_bytes()
+    assert art.quantization["float_ops"] == list(SENSITIVE_OPS)
+    assert art.validation["agreement"] == 1.0
+    assert (out / art.path).read_bytes() == fp32.read_bytes()
 
 
 @pytest.mark.parametrize("fmt_name", RUNNABLE)
