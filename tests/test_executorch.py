@@ -371,20 +371,25 @@ def test_coreml_backend_lowers_whole_and_passes_the_structural_check(tmp_path):
 
     loaded = LoadedModel(tiny_model(depth=2), "tiny", "slimvit", LABELS)
     out = tmp_path / "b"
-    manifest = export_checkpoint_bundle(loaded, VariantGrid((1.0,), (1.0,)), out, formats=["executorch"],
+    manifest = export_checkpoint_bundle(loaded, VariantGrid((1.0,), (1.0, 0.5)), out, formats=["executorch"],
                                         executorch_backend="coreml", precisions=("fp32", "fp16"))
-    (art,) = manifest["variants"][0]["artifacts"]  # fp32 only: fp16 is left out, with why
     left = {e["precision"]: e["reason"] for e in manifest["calibration"]["excluded"]}
     assert "XNNPACK backend only, not coreml" in left["fp16"], left
     fmt = get_format("executorch", backend="coreml")
-    assert isinstance(fmt, ExecuTorchCoreMLFormat) and fmt.backend == "coreml"
+    assert isinstance(fmt, ExecuTorchCoreMLFormat) and fmt.backend == "coreml" and not fmt.deterministic
     assert get_format("executorch").can_run and type(get_format("executorch")) is FORMATS["executorch"]
-    if sys.platform != "darwin":
-        assert not fmt.can_run
-        assert "one CoreMLBackend delegate, no other calls" in art["validation"]["checks"]
-    assert art["delegation"]["backend"] == "CoreML" and art["delegation"]["fallback_ops"] == {}
+    arts = {}
+    for v in manifest["variants"]:
+        (art,) = v["artifacts"]  # fp32 only: fp16 is left out, with why
+        arts[v["keep_rate"]] = art
+        if sys.platform != "darwin":
+            assert not fmt.can_run
+            assert "one CoreMLBackend delegate, no other calls" in art["validation"]["checks"]
+        # The token pruning's TopK and Gather are in the delegate too: nothing falls back.
+        assert art["delegation"]["backend"] == "CoreML" and art["delegation"]["fallback_ops"] == {}
+        assert art["delegation"]["partitions"] == 1 and program_operators(out / art["path"]) == {"<delegate>": 1}
+    art = arts[1.0]
     path = out / art["path"]
-    assert program_operators(path) == {"<delegate>": 1}
     assert read_metadata(path)["slimvit.labels"] == json.dumps(LABELS)
     static = extract_variant(loaded.model, Variant(1.0, 1.0, 32))
     example = np.zeros((1, 3, 32, 32), np.float32)

@@ -129,6 +129,9 @@ class ExecuTorchCoreMLFormat(ExecuTorchFormat):
     """The `.pte` lowered whole to the Core ML delegate (``ExecuTorchFormat(backend="coreml")``)."""
 
     can_run: ClassVar[bool] = sys.platform == "darwin"
+    # ExecuTorch's Core ML preprocessor names each payload with a fresh uuid4 (and coremltools
+    # writes random package item ids), so two exports differ in about a hundred bytes.
+    deterministic: ClassVar[bool] = False
     demo_precisions: ClassVar[tuple[str, ...] | None] = ("fp32",)
     backend: str = "coreml"
 
