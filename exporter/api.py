@@ -73,11 +73,13 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                              warn: Callable[[str], None] | None = None,
                              policy: str | Path | dict[str, Any] | None = None, nhwc: bool = False,
                              keep_going: bool = False, coreml_target: str = "iOS17",
+                             executorch_backend: str = "xnnpack",
                              resume: bool = False, cache_dir: str | Path | None = None,
                              int8_target: str = "arm-dotprod", float_ops: str | Sequence[str] = ()) -> dict[str, Any]:
     """`export_bundle` with an evaluation set chosen by name (``builtin`` = digits held-out) and
     the precisions beyond fp32, calibrated on ``calibration`` (see `exporter.convert.quantize`);
-    ``coreml_target`` is the Core ML minimum deployment target; ``resume`` takes artifacts a
+    ``coreml_target`` is the Core ML minimum deployment target; ``executorch_backend`` the
+    ExecuTorch delegate (``xnnpack`` or ``coreml``); ``resume`` takes artifacts a
     killed export finished from the artifact cache (``cache_dir``); ``int8_target`` is the CPU
     int8 recipes are tuned for (`exporter.convert.quantize.targets`); ``float_ops`` are op kinds
     every quantized artifact keeps in float from the first try."""
@@ -95,7 +97,8 @@ def export_checkpoint_bundle(loaded: LoadedModel, grid: VariantGrid, out: str | 
                              method=calibration_method, max_drop=max_drop, warn=warn,
                              int8_target=int8_target,
                              float_ops=float_ops if isinstance(float_ops, str) else tuple(float_ops))
-    fmts = configure_formats(formats, nhwc=nhwc, deployment_target=coreml_target)
+    fmts = configure_formats(formats, nhwc=nhwc, deployment_target=coreml_target,
+                             backend=executorch_backend)
     manifest = export_bundle(loaded, grid, out, fmts, eval_set=eval_set, progress=progress,
                              quantize=quant, policy=policy, keep_going=keep_going,
                              resume=resume, cache_dir=cache_dir)

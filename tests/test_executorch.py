@@ -19,6 +19,7 @@ pytest.importorskip("executorch")
 
 from calibration.sources import load_calibration  # noqa: E402
 from exporter.api import export_checkpoint_bundle, load  # noqa: E402
+from exporter.checkpoints import LoadedModel, save_checkpoint  # noqa: E402
 from exporter.bundle.export import export_bundle  # noqa: E402
 from exporter.convert.formats import FORMATS, get_format  # noqa: E402
 from exporter.convert.formats.executorch import (  # noqa: E402
@@ -34,6 +35,7 @@ from exporter.manifest import SCHEMA_VERSION  # noqa: E402
 from exporter.measure.report_page import render_page  # noqa: E402
 from exporter.nn.config import Variant, VariantGrid  # noqa: E402
 from exporter.nn.extract import extract_variant  # noqa: E402
+from tests.cli_runner import assert_user_error, run_cli  # noqa: E402
 from tests.conftest import tiny_model  # noqa: E402
 from tests.test_quantize import ONE, PRE, probed_model  # noqa: E402
 from tests.vit_reference import hydravit_subnet, random_vit, vit_forward  # noqa: E402
@@ -360,3 +362,62 @@ def test_layernorm_written_for_xnnpack_matches_torch_and_leaves_the_module_alone
     x = torch.from_numpy(_inputs(32, n=2))
     with torch.no_grad():
         assert (swapped(x) - static(x)).abs().max() <= 1e-5
+
+
+def test_coreml_backend_lowers_whole_and_passes_the_structural_check(tmp_path):
+    # ExecuTorchFormat(backend="coreml"): one CoreMLBackend delegate covering the graph; off
+    # macOS the program cannot run, so the bundle checks it structurally instead.
+    from exporter.convert.formats.executorch import ExecuTorchCoreMLFormat
+
+    loaded = LoadedModel(tiny_model(depth=2), "tiny", "slimvit", LABELS)
+    out = tmp_path / "b"
+    manifest = export_checkpoint_bundle(loaded, VariantGrid((1.0,), (1.0, 0.5)), out, formats=["executorch"],
+                                        executorch_backend="coreml", precisions=("fp32", "fp16"))
+    left = {e["precision"]: e["reason"] for e in manifest["calibration"]["excluded"]}
+    assert "XNNPACK backend only, not coreml" in left["fp16"], left
+    fmt = get_format("executorch", backend="coreml")
+    assert isinstance(fmt, ExecuTorchCoreMLFormat) and fmt.backend == "coreml" and not fmt.deterministic
+    assert get_format("executorch").can_run and type(get_format("executorch")) is FORMATS["executorch"]
+    arts = {}
+    for v in manifest["variants"]:
+        (art,) = v["artifacts"]  # fp32 only: fp16 is left out, with why
+        arts[v["keep_rate"]] = art
+        if sys.platform != "darwin":
+            assert not fmt.can_run
+            assert "one CoreMLBackend delegate, no other calls" in art["validation"]["checks"]
+        # The token pruning's TopK and Gather are in the delegate too: nothing falls back.
+        assert art["delegation"]["backend"] == "CoreML" and art["delegation"]["fallback_ops"] == {}
+        assert art["delegation"]["partitions"] == 1 and program_operators(out / art["path"]) == {"<delegate>": 1}
+    art = arts[1.0]
+    path = out / art["path"]
+    assert read_metadata(path)["slimvit.labels"] == json.dumps(LABELS)
+    static = extract_variant(loaded.model, Variant(1.0, 1.0, 32))
+    example = np.zeros((1, 3, 32, 32), np.float32)
+    assert "op set" in fmt.check(path, static, example)
+    # A changed program fails: other weights than the module's, a cut file, an XNNPACK program.
+    other = extract_variant(tiny_model(seed=5, depth=2), Variant(1.0, 1.0, 32))
+    with pytest.raises(ValidationError, match=r"fails the program check: .*weight"):
+        fmt.check(path, other, example)
+    cut = tmp_path / "cut.pte"
+    cut.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(ValidationError, match="fails the program check"):
+        fmt.check(cut, static, example)
+    xnn = tmp_path / "xnn.pte"
+    get_format("executorch").export(static, example, xnn, {"slimvit.labels": "[]"})
+    with pytest.raises(ValidationError, match=r"delegates \['XnnpackBackend'\] != \['CoreMLBackend'\]"):
+        fmt.check(xnn, static, example)
+
+
+def test_coreml_backend_unknown_name_and_other_precisions(tmp_path):
+    from exporter.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        get_format("executorch", backend="metal")
+    assert "\n" not in str(e.value) and "ExecuTorch backend" in str(e.value)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(depth=2), ckpt)
+    o = run_cli("export", str(ckpt), "--out", str(tmp_path / "o"), "--formats", "executorch",
+                "--executorch-backend", "metal")
+    assert_user_error(o)
+    assert 'error: "ExecuTorch backend" must be one of {xnnpack, coreml}, but got "metal"' in o.error_lines
+    assert not (tmp_path / "o").exists()

@@ -105,6 +105,9 @@ def export(checkpoint: CheckpointArg,
                "--keep-going", help="Leave out artifacts that fail; finish the rest, list failures.")] = False,
            coreml_target: Annotated[str, typer.Option(
                "--coreml-target", help="Core ML minimum deployment target (iOS16..18, macOS13..15).")] = "iOS17",
+           executorch_backend: Annotated[str, typer.Option(
+               "--executorch-backend", help="ExecuTorch delegate: xnnpack, or coreml (fp32 only; "
+               "checked structurally off macOS).")] = "xnnpack",
            resume: Annotated[bool, typer.Option(
                "--resume", help="Reuse artifacts a killed or earlier export finished (artifact cache).")] = False,
            cache_dir: Annotated[Path | None, typer.Option(
@@ -127,7 +130,8 @@ def export(checkpoint: CheckpointArg,
                 calibration=calibration, calibration_samples=calibration_samples,
                 calibration_method=calibration_method, max_drop=max_drop / 100,
                 warn=lambda m: say("warning:", m), policy=policy,
-                nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target, resume=resume,
+                nhwc=nhwc, keep_going=keep_going, coreml_target=coreml_target,
+                executorch_backend=executorch_backend, resume=resume,
                 cache_dir=cache_dir, int8_target=int8_target, float_ops=float_ops)
     except IncompleteBundleError as e:  # --keep-going: show what was written, then the failures
         out_console.print(variant_table(e.manifest, f"bundle {out} (incomplete)"))

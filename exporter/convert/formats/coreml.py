@@ -130,7 +130,7 @@ class CoreMLFormat(ExportFormat):
         if precision == "fp32" and "fp16" in info.dtypes:
             problems.append("an fp32 artifact computes in fp16")
         problems += [f"op {op}: {why}" for op, why in ane_fallbacks(info)]
-        problems += _weight_problems(info.consts, module, np.float16 if precision == "fp16" else np.float32)
+        problems += weight_problems(info.consts, module, np.float16 if precision == "fp16" else np.float32)
         if problems:
             raise ValidationError(f"{path.name} (coreml) fails the program check: " + "; ".join(problems))
         return ["inputs", "outputs", f"{precision} compute", "op set", f"{len(module.state_dict())} weights"]
@@ -271,7 +271,7 @@ def describe(mlmodel: Any, metadata: Mapping[str, str], shape: torch.Size) -> No
     mlmodel.output_description[OUTPUT_NAME] = f"logits over {len(labels)} classes (labels in metadata)"
 
 
-def _weight_problems(consts: Mapping[str, np.ndarray], module: nn.Module, dtype: type) -> list[str]:
+def weight_problems(consts: Mapping[str, np.ndarray], module: nn.Module, dtype: type) -> list[str]:
     """Every parameter of ``module`` must be in the program, bit for bit (found by name, else by value)."""
     by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
     for value in consts.values():

@@ -35,11 +35,19 @@ def _metadata(job: QuantJob, precision: str) -> dict[str, str]:
     return {**job.metadata, "slimvit.precision": precision}
 
 
+def _xnnpack_only(job: QuantJob, precision: str) -> None:
+    # The Core ML backend (ExecuTorchFormat(backend="coreml")) is offered in fp32 only.
+    backend = getattr(job.converter, "backend", "xnnpack")
+    if backend != "xnnpack":
+        raise ValueError(f"{precision} is made for the XNNPACK backend only, not {backend}")
+
+
 def _lower(module: torch.nn.Module, job: QuantJob, precision: str) -> None:
     job.out.write_bytes(lower(export_program(module, job.example), _metadata(job, precision)))
 
 
 def quantize_fp16(job: QuantJob) -> None:
+    _xnnpack_only(job, "fp16")
     module = FP32Wrapper(copy.deepcopy(job.module).half()).eval()
     _lower(module, job, "fp16")
 
@@ -123,6 +131,7 @@ def _in_modules(node, names: tuple[str, ...]) -> bool:
 
 
 def _pt2e(job: QuantJob, precision: str, dynamic: bool) -> None:
+    _xnnpack_only(job, precision)
     if not dynamic and job.calibration is None:
         raise ValueError("static int8 needs calibration inputs")
     x = torch.from_numpy(job.example)
