@@ -126,7 +126,7 @@ def _executorch_load(path: Path, threads: int) -> Invoke:
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime as ETRuntime
 
-    with _without_cpuinfo_lines():  # the thread pool's first use probes the CPU on fd 2
+    with runtime_stderr():  # the thread pool's first use probes the CPU on fd 2
         if threads > 0 and portable_lib._threadpool_get_thread_count() != threads:
             portable_lib._unsafe_reset_threadpool(threads)  # the XNNPACK delegate's thread pool
         method = ETRuntime.get().load_program(path).load_method("forward")
@@ -135,24 +135,33 @@ def _executorch_load(path: Path, threads: int) -> Invoke:
     return lambda: method.execute(x)
 
 
+# The ExecuTorch runtime's CPU probe writes these to fd 2 on every first use.
+RUNTIME_CHATTER = re.compile(r"^\[cpuinfo_utils\.cpp:\d+\] ")
+
+
 @contextlib.contextmanager
-def _without_cpuinfo_lines() -> Iterator[None]:
-    # Standard library only (see the module docstring), the same rule as
-    # exporter.convert.formats.executorch.runtime_stderr: the runtime's "[cpuinfo_utils.cpp:N]"
-    # lines are dropped, every other line written to fd 2 (a load error) is passed on.
+def runtime_stderr() -> Iterator[list[str]]:
+    """Capture fd 2 around native runtime calls: the `RUNTIME_CHATTER` lines are dropped, every
+    other line (a load error) is written back to stderr and appended to the yielded list. Standard
+    library only (see the module docstring); `exporter.convert.formats.executorch` uses it too."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no such descriptor (embedded interpreters)
+        yield []
+        return
+    kept: list[str] = []
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            yield kept
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
             lines = sink.read().decode(errors="replace").splitlines()
-            kept = [line for line in lines if not re.match(r"\[cpuinfo_utils\.cpp:\d+\] ", line)]
+            kept += [line for line in lines if not RUNTIME_CHATTER.match(line)]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
                 sys.stderr.flush()

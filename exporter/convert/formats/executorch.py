@@ -23,8 +23,6 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import json
-import os
-import re
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -40,6 +38,7 @@ from exporter.convert.formats.coreml import ane_fallbacks, program_info, weight_
 from exporter.convert.formats.delegation import edge_delegation
 from exporter.convert.formats.executorch_graph import for_xnnpack, xnnpack_friendly
 from exporter.errors import ConfigError, ValidationError, check_choice
+from exporter.measure.worker import RUNTIME_CHATTER, runtime_stderr  # noqa: F401  (re-exported)
 
 METHOD_METADATA = "slimvit_metadata"
 METHOD_LABELS = "slimvit_labels"
@@ -362,39 +361,6 @@ def program_operators(path: Path) -> dict[str, int]:
                 continue
             counts[name] = counts.get(name, 0) + 1
     return counts
-
-
-# Lines the runtime writes to fd 2 on its first use of the thread pool (cpuinfo probing of
-# /sys files an x86 host does not have); chatter, never an error.
-RUNTIME_CHATTER = re.compile(r"^\[cpuinfo_utils\.cpp:\d+\] ")
-
-
-@contextlib.contextmanager
-def runtime_stderr() -> Iterator[list[str]]:
-    """Capture file descriptor 2 (where the runtime's C++ logs) for the block; on exit, the
-    lines that are not `RUNTIME_CHATTER` are written back to stderr and appended to the
-    yielded list."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no such descriptor (embedded interpreters)
-        yield []
-        return
-    kept: list[str] = []
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield kept
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines = sink.read().decode(errors="replace").splitlines()
-            kept += [line for line in lines if not RUNTIME_CHATTER.match(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
-                sys.stderr.flush()
 
 
 @contextlib.contextmanager
